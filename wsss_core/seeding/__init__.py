@@ -1,0 +1,1 @@
+"""Seed labels from class activation maps."""
