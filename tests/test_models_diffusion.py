@@ -1,0 +1,260 @@
+"""Stable Diffusion access on a tiny random pipeline saved to disk: loading, per-seed generation, attention capture."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsss_core.hashing import sha256_file
+from wsss_core.models.checkpoints import CheckpointError
+from wsss_core.models.compat import ensure_torchvision
+from wsss_core.models.diffusion import (
+    SelfAttentionRecorder,
+    attention_blocks,
+    capture_self_attention,
+    generate_images,
+    load_sd_pipeline,
+    record_self_attention,
+)
+
+ensure_torchvision()
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
+
+CLIP_MERGES = 49152 - 256 - 2  # CLIP's BPE keeps this many merges, the first line of the file being a header
+TINY_SIZE = 32  # pixels; the tiny VAE halves it, so latents are 16x16
+
+
+def clip_tokenizer(folder: Path) -> CLIPTokenizer:
+    """CLIP's tokenizer built offline from the BPE file that open_clip ships."""
+    package = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0])
+    lines = gzip.open(package / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
+    merges = lines[1 : CLIP_MERGES + 1]
+    byte_symbols = list(bytes_to_unicode().values())
+    vocab = byte_symbols + [symbol + "</w>" for symbol in byte_symbols] + [merge.replace(" ", "") for merge in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
+
+
+def tiny_pipeline(folder: Path) -> StableDiffusionPipeline:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_SIZE // 2,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),  # diffusers reads this as the number of heads per resolution
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=TINY_SIZE,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            projection_dim=32, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+        )
+    )  # fmt: skip
+    # Stable Diffusion 2.1 base's scheduler settings
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1,
+        set_alpha_to_one=False,
+    )  # fmt: skip
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(folder), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    tiny_pipeline(tmp_path_factory.mktemp("tokenizer")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def handle(sd_dir):
+    return load_sd_pipeline(sd_dir, device="cpu")
+
+
+def random_image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
+
+
+def test_tokenizer_built_offline_is_clips(tmp_path):
+    tokenizer = clip_tokenizer(tmp_path)
+    # CLIP's ids: start 49406, "a" 320, "photo" 1125, "of" 539, "cat" 2368, end 49407
+    assert tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_loads_a_local_directory_with_provenance(handle, sd_dir):
+    expected_files = {
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    }
+    assert handle.provenance["source"] == str(sd_dir)
+    assert set(handle.provenance["files"]) == expected_files
+    for relative, digest in handle.provenance["files"].items():
+        assert digest == sha256_file(sd_dir / relative)
+    assert handle.device == torch.device("cpu") and handle.dtype == torch.float32
+    assert next(handle.pipeline.unet.parameters()).dtype == torch.float32
+    assert handle.pipeline.safety_checker is None
+
+
+def test_missing_directory_is_named(tmp_path):
+    missing = tmp_path / "stable-diffusion-2-1-base"
+    with pytest.raises(CheckpointError, match="not found") as info:
+        load_sd_pipeline(missing, device="cpu")
+    assert str(missing) in str(info.value) and "Download" in str(info.value)
+
+
+def test_directory_without_model_index_is_rejected(tmp_path):
+    with pytest.raises(CheckpointError, match="model_index.json") as info:
+        load_sd_pipeline(tmp_path, device="cpu")
+    assert str(tmp_path) in str(info.value)
+
+
+def test_uncached_model_id_fails_offline_and_says_to_download():
+    with pytest.raises(CheckpointError, match="wsss-tests/no-such-model") as info:
+        load_sd_pipeline("wsss-tests/no-such-model", device="cpu")
+    assert "Download it first" in str(info.value)
+
+
+def test_images_depend_only_on_prompt_and_seed(handle):
+    prompts, seeds = ["a photo of a cat", "a photo of a dog", "a photo of a cat"], [1, 2, 3]
+    settings = dict(steps=2, height=TINY_SIZE, width=TINY_SIZE)
+    one_by_one = generate_images(handle, prompts, seeds, batch_size=1, **settings)
+    in_pairs = generate_images(handle, prompts, seeds, batch_size=2, **settings)
+
+    assert [image.shape for image in one_by_one] == [(TINY_SIZE, TINY_SIZE, 3)] * 3
+    assert all(image.dtype == np.uint8 for image in one_by_one)
+    for single, batched in zip(one_by_one, in_pairs, strict=True):
+        np.testing.assert_array_equal(single, batched)
+    # Same prompt, other seed: another image. Same seed again: the same image.
+    assert not np.array_equal(one_by_one[0], one_by_one[2])
+    np.testing.assert_array_equal(generate_images(handle, prompts[:1], seeds[:1], **settings)[0], one_by_one[0])
+
+
+def test_generate_needs_one_seed_per_prompt(handle):
+    with pytest.raises(ValueError, match="2 prompts but 1 seeds"):
+        generate_images(handle, ["a", "b"], [0], steps=1, height=TINY_SIZE, width=TINY_SIZE)
+
+
+def test_attention_blocks_of_the_tiny_unet(handle):
+    assert sorted(attention_blocks(handle.pipeline.unet)) == [
+        "down_blocks.0.attentions.0",
+        "down_blocks.1.attentions.0",
+        "mid_block.attentions.0",
+        "up_blocks.0.attentions.0",
+        "up_blocks.0.attentions.1",
+        "up_blocks.1.attentions.0",
+        "up_blocks.1.attentions.1",
+    ]
+
+
+def capture(handle, image=None, **overrides):
+    settings = dict(blocks=["up_blocks.0.attentions.1", "up_blocks.1.attentions.0"], size=(TINY_SIZE, TINY_SIZE))
+    return capture_self_attention(handle, random_image() if image is None else image, **{**settings, **overrides})
+
+
+def test_capture_shapes_follow_each_blocks_resolution_and_rows_sum_to_one(handle):
+    maps = capture(handle)
+    # up_blocks.0 works on the 8x8 grid with 4 heads, up_blocks.1 on the 16x16 grid with 2 heads
+    assert maps["up_blocks.0.attentions.1"].shape == (4, 64, 64)
+    assert maps["up_blocks.1.attentions.0"].shape == (2, 256, 256)
+    for probabilities in maps.values():
+        assert probabilities.dtype == torch.float32
+        assert (probabilities >= 0).all()
+        torch.testing.assert_close(probabilities.sum(-1), torch.ones(probabilities.shape[:2]))
+
+
+def test_capture_is_deterministic_and_uses_its_seed(handle):
+    first, again, other_seed = capture(handle), capture(handle), capture(handle, seed=1)
+    for block in first:
+        assert torch.equal(first[block], again[block])
+        assert not torch.equal(first[block], other_seed[block])
+
+
+def test_capture_restores_the_processors_and_leaves_the_pipeline_scheduler_alone(handle):
+    unet = handle.pipeline.unet
+    before = dict(unet.attn_processors)
+    scheduler_steps = handle.pipeline.scheduler.num_inference_steps
+    capture(handle)
+    assert all(unet.attn_processors[key] is processor for key, processor in before.items())
+    assert handle.pipeline.scheduler.num_inference_steps == scheduler_steps
+
+    with pytest.raises(RuntimeError, match="interrupted"), record_self_attention(unet, ["mid_block.attentions.0"]):
+        raise RuntimeError("interrupted")
+    assert all(unet.attn_processors[key] is processor for key, processor in before.items())
+
+
+def test_unet_output_is_unchanged_with_recorders_installed(handle):
+    unet = handle.pipeline.unet
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=generator)
+    text = torch.randn(2, 77, 32, generator=generator)
+    with torch.no_grad():
+        plain = unet(latents, 101, encoder_hidden_states=text).sample
+        with record_self_attention(unet, list(attention_blocks(unet))) as recorders:
+            installed = unet.attn_processors
+            recorded = unet(latents, 101, encoder_hidden_states=text).sample
+    torch.testing.assert_close(recorded, plain, rtol=1e-4, atol=1e-5)
+    assert all(recorder.probabilities is not None for recorder in recorders.values())
+    # only the self-attention layers (attn1) were given recorders; cross-attention (attn2) kept its processor
+    for key, processor in installed.items():
+        assert isinstance(processor, SelfAttentionRecorder) == key.endswith(".attn1.processor")
+
+
+def test_unknown_block_lists_the_available_ones(handle):
+    with pytest.raises(ValueError, match="up_blocks.7.attentions.0") as info:
+        capture(handle, blocks=["up_blocks.7.attentions.0"])
+    assert "up_blocks.1.attentions.1" in str(info.value) and "mid_block.attentions.0" in str(info.value)
+
+
+def test_capture_rejects_bad_image_and_timestep(handle):
+    with pytest.raises(ValueError, match="uint8 HxWx3"):
+        capture(handle, image=random_image().astype(np.float32))
+    with pytest.raises(ValueError, match="timestep_index 60"):
+        capture(handle, timestep_index=60)
+
+
+def test_recorder_probabilities_by_hand():
+    # One head, two tokens e1 and e2, every projection the identity: scores = x x^T / sqrt(2), so each row is
+    # softmax([1/sqrt(2), 0]) = [e^0.7071, 1] / (e^0.7071 + 1) = [0.66976, 0.33024], and the output is that row.
+    attention = Attention(query_dim=2, heads=1, dim_head=2, out_bias=True)
+    with torch.no_grad():
+        for linear in (attention.to_q, attention.to_k, attention.to_v, attention.to_out[0]):
+            linear.weight.copy_(torch.eye(2))
+        attention.to_out[0].bias.zero_()
+    tokens = torch.eye(2).unsqueeze(0)
+    diagonal = math.exp(1 / math.sqrt(2)) / (math.exp(1 / math.sqrt(2)) + 1)
+    expected = torch.tensor([[diagonal, 1 - diagonal], [1 - diagonal, diagonal]])
+    assert abs(diagonal - 0.66976) < 1e-5
+
+    recorder = SelfAttentionRecorder()
+    attention.set_processor(recorder)
+    output = attention(tokens)
+    torch.testing.assert_close(recorder.probabilities, expected.unsqueeze(0))
+    torch.testing.assert_close(output, expected.unsqueeze(0))
+    attention.set_processor(AttnProcessor2_0())
+    torch.testing.assert_close(attention(tokens), output)
