@@ -33,7 +33,16 @@ class Spec:
     nullable: bool = False
 
 
-Schema = dict[str, "Spec | Schema"]
+@dataclass(frozen=True)
+class MapOf:
+    """A mapping from names the user chooses (e.g. seed variants) to sections that share one schema."""
+
+    schema: dict
+    default: dict
+    help: str
+
+
+Schema = dict[str, "Spec | MapOf | Schema"]
 
 DATASET: Schema = {
     "kind": Spec(str, "synthetic", "dataset layout", choices=("synthetic", "voc", "coco", "folder")),
@@ -56,6 +65,76 @@ DATASET: Schema = {
     },
 }
 
+MODELS: Schema = {
+    "clip": {
+        "arch": Spec(str, "ViT-B-16", "open_clip architecture"),
+        "pretrained": Spec(str, "openai", "open_clip pretrained tag (downloads once when online)", nullable=True),
+        "checkpoint": Spec(str, None, "local weights file; takes precedence over downloading", nullable=True),
+        "sha256": Spec(str, None, "expected sha256 of the checkpoint file", nullable=True),
+        "random_init": Spec(bool, False, "random weights on purpose (tests, demos without weights)"),
+        "seed": Spec(int, 0, "seed of random weights", min=0),
+    },
+}
+
+CAMS: Schema = {
+    "method": Spec(str, "clip_es", "CAM generator", choices=("clip_es",)),
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N"),
+    "class_names": Spec(
+        str,
+        "dataset",
+        "words naming the foreground classes: the dataset's names, or CLIP-ES's synonym lists",
+        choices=("dataset", "clip_es_voc", "clip_es_coco"),
+    ),
+    "background_words": Spec(
+        str,
+        "clip_es_voc",
+        "background vocabulary (25 VOC / 23 COCO words)",
+        choices=("clip_es_voc", "clip_es_coco", "none"),
+    ),
+    "template": Spec(str, "a clean origami {}.", "prompt template; {} is replaced by the class words"),
+    "scales": Spec(list, [1.0], "image scales averaged (reference: single scale)", item=float, min=0.1, max=4.0),
+    "flip": Spec(bool, False, "also average horizontally flipped views (reference: no flip)"),
+    "caa_layers": Spec(int, 8, "attention layers (the last ones) used by CAA", min=1),
+    "sinkhorn_rounds": Spec(int, 3, "Sinkhorn rounds in CAA", min=0),
+    "affinity_power": Spec(int, 2, "power t of the CAA affinity", min=1),
+    "box_threshold": Spec(float, 0.4, "CAA box mask threshold (times max): 0.4 VOC, 0.7 COCO", min=0.0, max=1.0),
+    "reference_quirks": Spec(bool, False, "reproduce CLIP-ES's 8-bit box threshold and clipped box ends"),
+    "amp": Spec(bool, True, "fp16 autocast on CUDA (the reference ran CLIP in half precision)"),
+    "store_resolution": Spec(
+        str, "feature", "CAMs stored on the token grid or upsampled to image size", choices=("feature", "image")
+    ),
+}
+
+SEED_VARIANT: Schema = {
+    "cams": Spec(str, "cams_caa", "CAM artifact the seeds come from", choices=("cams_raw", "cams_caa")),
+    "background": Spec(
+        str, "power", "background score: (1 - max CAM)^value, or a constant", choices=("power", "threshold")
+    ),
+    "background_value": Spec(float, 1.0, "alpha (power) or the constant (threshold)", min=0.0),
+    "crf": {
+        "enabled": Spec(bool, False, "refine with a dense CRF (pydensecrf)"),
+        "iterations": Spec(int, 10, "mean-field iterations", min=1),
+        "gaussian_sxy": Spec(float, 1.0, "Gaussian kernel spatial std", min=0.0),
+        "gaussian_compat": Spec(float, 3.0, "Gaussian kernel weight", min=0.0),
+        "bilateral_sxy": Spec(float, 67.0, "bilateral kernel spatial std", min=0.0),
+        "bilateral_srgb": Spec(float, 3.0, "bilateral kernel colour std", min=0.0),
+        "bilateral_compat": Spec(float, 4.0, "bilateral kernel weight", min=0.0),
+        "confidence": Spec(float, 0.95, "pixels whose CRF probability is below this become 255", min=0.0, max=1.0),
+    },
+}
+
+SEEDS: Schema = {
+    "variants": MapOf(
+        SEED_VARIANT,
+        {
+            "cam": {"cams": "cams_raw"},
+            "caa": {"cams": "cams_caa"},
+            "crf": {"cams": "cams_caa", "crf": {"enabled": True}},
+        },
+        "named seed variants; each becomes artifacts/seeds_<name>.zarr and is evaluated",
+    ),
+}
+
 EVALUATE: Schema = {
     "ignore_index": Spec(
         int, 255, "label value skipped in GT and counted as unlabelled in predictions", min=0, max=255
@@ -64,6 +143,9 @@ EVALUATE: Schema = {
 
 SECTIONS: dict[str, Schema] = {
     "dataset": DATASET,
+    "models": MODELS,
+    "cams": CAMS,
+    "seeds": SEEDS,
     "evaluate": EVALUATE,
 }
 
@@ -112,6 +194,16 @@ def validate_section(raw: Any, schema: Schema, where: str) -> dict[str, Any]:
         key = f"{where}.{name}"
         if isinstance(spec, dict):
             result[name] = validate_section(raw.get(name), spec, key)
+        elif isinstance(spec, MapOf):
+            entries = spec.default if raw.get(name) is None else raw[name]
+            if not isinstance(entries, dict) or not entries:
+                raise ParamsError(f"{key}: expected a non-empty mapping of names to sections ({spec.help})")
+            for entry in entries:
+                if not (isinstance(entry, str) and entry.isidentifier()):
+                    raise ParamsError(f"{key}: name {entry!r} must be a plain identifier (letters, digits, _)")
+            result[name] = {
+                entry: validate_section(value, spec.schema, f"{key}.{entry}") for entry, value in entries.items()
+            }
         else:
             result[name] = _check_value(raw.get(name, spec.default), spec, key)
     return result

@@ -122,3 +122,12 @@ def read_index(path: str | Path) -> Dataset:
         tuple(details["class_names"]),
         details["label_source"],
     )
+
+
+def read_index_sizes(path: str | Path) -> dict[str, tuple[int, int]]:
+    """image id -> (height, width) from an index parquet, without decoding any image."""
+    from wsss_core.store.table import read_table
+
+    table, _ = read_table(path)
+    columns = (table.column(name).to_pylist() for name in ("image_id", "height", "width"))
+    return {image_id: (h, w) for image_id, h, w in zip(*columns, strict=True)}

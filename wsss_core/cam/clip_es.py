@@ -1,0 +1,141 @@
+"""CLIP-ES CAMs (training-free): Softmax-GradCAM on a frozen CLIP, refined by class-aware attention affinity.
+
+For one image and its present classes (from the image-level labels):
+  1. resize to multiples of the patch size (bicubic), run CLIP's visual tower; layers before the last run
+     without grad, and the last block's ln_1 output is the Grad-CAM activation;
+  2. image embedding = mean of the projected patch tokens; logits = 100 * cos(image, text) over all
+     foreground prompts and background words; softmax over [present foreground + all background];
+  3. Softmax-GradCAM for every present class in one batched backward pass; ReLU, min-max;
+  4. CAA: attention of the last layers -> Sinkhorn -> symmetrise -> power, masked by boxes around each CAM.
+Scales and flips (the reference runs one scale, no flip) are each computed this way and averaged on the
+scale-1 token grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from wsss_core.cam.caa import attention_affinity, caa_refine
+from wsss_core.cam.gradcam import minmax, softmax_gradcam
+from wsss_core.models.clip import ClipModel, VisualRunner, encode_text, prepare_image
+
+
+@dataclass(frozen=True)
+class ClipEsSettings:
+    """CLIP-ES knobs, with the reference defaults (METHODS.md)."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    caa_layers: int = 8
+    sinkhorn_rounds: int = 3
+    affinity_power: int = 2
+    box_threshold: float = 0.4  # 0.4 VOC, 0.7 COCO
+    reference_quirks: bool = False
+    logit_scale: float = 100.0
+    amp: bool = True  # fp16 autocast on CUDA, as the reference ran CLIP in half precision; ignored on CPU
+
+
+@dataclass
+class ClipEsCams:
+    """CAMs of one image on its scale-1 token grid: `raw` Grad-CAM and `refined` by CAA, both (P, h, w) in [0, 1]."""
+
+    class_ids: list[int]
+    raw: torch.Tensor
+    refined: torch.Tensor
+
+
+class ClipEs:
+    """CLIP-ES CAM generator for a dataset's classes.
+
+    Arguments:
+      clip: a loaded CLIP (`load_clip`).
+      class_prompts: one prompt per foreground class, class 1 first (e.g. "a clean origami bird avian.").
+      background_prompts: prompts of the background words (25 for VOC, 23 for COCO); may be empty.
+      settings: `ClipEsSettings`.
+    """
+
+    def __init__(
+        self,
+        clip: ClipModel,
+        class_prompts: Sequence[str],
+        background_prompts: Sequence[str],
+        settings: ClipEsSettings = ClipEsSettings(),
+    ) -> None:
+        self.clip = clip
+        self.runner = VisualRunner(clip)
+        self.settings = settings
+        self.num_classes = len(class_prompts)
+        self.text = encode_text(clip, list(class_prompts) + list(background_prompts))  # (C + B, E)
+        if not 1 <= settings.caa_layers <= self.runner.num_layers:
+            raise ValueError(f"caa_layers must be in 1..{self.runner.num_layers}, got {settings.caa_layers}")
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        return torch.float16 if self.settings.amp and self.clip.device.type == "cuda" else None
+
+    def _one_view(self, image: np.ndarray, targets: list[int], scale: float, flip: bool):
+        pixels = prepare_image(self.clip, image, scale=scale, flip=flip)
+        layers = range(-self.settings.caa_layers, 0)
+        trace = self.runner.forward(
+            pixels, capture_layers=layers, grad_from_layer=-1, autocast_dtype=self._autocast_dtype()
+        )
+        activations = trace.blocks[self.runner.num_layers - 1].ln_1  # (1, N, D), in the graph
+        with torch.autocast(self.clip.device.type, enabled=False):
+            patches = self.runner.project(trace.tokens[-1].float())[:, 1:]
+            image_embedding = F.normalize(patches.mean(dim=1), dim=-1)
+            logits = self.settings.logit_scale * image_embedding @ self.text.T  # (1, C + B)
+            background = list(range(self.num_classes, self.text.shape[0]))
+            cams = softmax_gradcam(activations, logits, targets, trace.grid, softmax_over=targets + background)[
+                0
+            ]  # (P, h, w), ReLU + min-max
+            attentions = torch.stack([trace.blocks[i % self.runner.num_layers].attention[0] for i in layers])
+            affinity = attention_affinity(
+                attentions.float(), rounds=self.settings.sinkhorn_rounds, power=self.settings.affinity_power
+            )
+            refined = caa_refine(
+                cams,
+                affinity,
+                box_threshold=self.settings.box_threshold,
+                reference_quirks=self.settings.reference_quirks,
+            )
+        if flip:
+            cams, refined = cams.flip(-1), refined.flip(-1)
+        return cams.detach(), refined.detach()
+
+    def __call__(self, image: np.ndarray, class_ids: Sequence[int]) -> ClipEsCams:
+        """CAMs of `image` (uint8 H x W x 3) for its present classes `class_ids` (1..C)."""
+        class_ids = [int(c) for c in class_ids]
+        bad = [c for c in class_ids if not 1 <= c <= self.num_classes]
+        if bad:
+            raise ValueError(f"class ids {bad} are outside 1..{self.num_classes}")
+        patch = self.clip.patch_size
+        grid = (-(-image.shape[0] // patch), -(-image.shape[1] // patch))
+        if not class_ids:
+            empty = torch.zeros((0, *grid))
+            return ClipEsCams([], empty, empty)
+        targets = [c - 1 for c in class_ids]
+        raw_sum = torch.zeros((len(targets), *grid), device=self.clip.device)
+        refined_sum = torch.zeros_like(raw_sum)
+        views = [(s, f) for s in self.settings.scales for f in ((False, True) if self.settings.flip else (False,))]
+        for scale, flip in views:
+            cams, refined = self._one_view(image, targets, scale, flip)
+            if cams.shape[-2:] != grid:
+                cams = F.interpolate(cams[None], size=grid, mode="bilinear", align_corners=False)[0]
+                refined = F.interpolate(refined[None], size=grid, mode="bilinear", align_corners=False)[0]
+            raw_sum += cams
+            refined_sum += refined
+        if len(views) > 1:
+            raw_sum, refined_sum = minmax(raw_sum, (-2, -1)), minmax(refined_sum, (-2, -1))
+        return ClipEsCams(class_ids, raw_sum.cpu(), refined_sum.cpu())
+
+
+def upsample_cams(cams: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """CAMs (P, h, w) on the token grid -> (P, H, W) float32 at image size, bilinear (CLIP-ES)."""
+    tensor = torch.as_tensor(np.asarray(cams, dtype=np.float32))
+    if tensor.shape[0] == 0:
+        return np.zeros((0, *size), dtype=np.float32)
+    return F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
