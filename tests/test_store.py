@@ -56,7 +56,7 @@ def test_per_class_maps_keep_their_class_ids(tmp_path):
     ids = ["a", "b", "c"]
     sizes = np.array([[4, 6], [5, 5], [3, 7]])
     classes = [[3], [1, 7], []]
-    cams = [rng.random((len(c), *s)).astype(np.float16) for c, s in zip(classes, sizes)]
+    cams = [rng.random((len(c), *s)).astype(np.float16) for c, s in zip(classes, sizes, strict=True)]
     writer = DenseMapWriter(
         tmp_path / "cams.zarr",
         kind="cams",

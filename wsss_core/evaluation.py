@@ -32,6 +32,31 @@ def index_of_artifact(maps: DenseMaps) -> Path:
     raise ArtifactError(f"{maps.path}: provenance names no dataset index upstream")
 
 
+def oracle_background(cams_path: Path, samples: dict, num_classes: int, powers: list[float]) -> dict[str, Any]:
+    """The best background power for the argmax rule on `cams_path`, chosen by looking at GT (flagged as such)."""
+    import numpy as np
+
+    from wsss_core.cam.clip_es import upsample_cams
+    from wsss_core.metrics.oracle import sweep_background
+
+    cams = DenseMaps(cams_path, kind="cams")
+
+    def items():
+        for index, (image_id, maps) in enumerate(cams):
+            gt = read_mask(samples[image_id].mask_path)
+            full = maps.astype(np.float32) if maps.shape[-2:] == gt.shape else upsample_cams(maps, gt.shape)
+            yield np.clip(full, 0.0, 1.0), cams.classes(index), gt
+
+    sweep = sweep_background(items(), num_classes, "power", powers)
+    return {
+        "rule": "argmax over [(1 - max cam)^power, cams]",
+        "cams": cams_path.stem,
+        "best_power": sweep["best_value"],
+        "best_miou": sweep["best_miou"],
+        "selected_with_gt": True,
+    }
+
+
 def evaluate_label_maps(labels_path: Path, out_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """Accumulate one confusion matrix over the whole split and write the report directory."""
     maps = DenseMaps(labels_path, kind="labels")
@@ -49,10 +74,19 @@ def evaluate_label_maps(labels_path: Path, out_dir: Path, settings: dict[str, An
         if gt.shape != labels.shape:
             raise ArtifactError(f"{labels_path}: map of {image_id!r} is {labels.shape}, its GT mask is {gt.shape}")
         accumulator.update(labels, gt)
+    upstream = {"labels": labels_path, "index": index_path}
+    extra: dict[str, Any] = {"n_images": accumulator.n_images}
+    cams_record = maps.provenance.get("upstream", {}).get("cams")
+    if cams_record is not None and settings["oracle_background_powers"]:
+        cams_path = Path(cams_record["path"])
+        upstream["cams"] = cams_path
+        extra["oracle"] = oracle_background(
+            cams_path, samples, len(dataset.class_names), settings["oracle_background_powers"]
+        )
     provenance = make_provenance(
         "evaluate",
         {"evaluate": settings},
-        upstream={"labels": labels_path, "index": index_path},
+        upstream=upstream,
         details={"split": dataset.split, "n_images": accumulator.n_images},
     )
     with atomic_directory(out_dir) as tmp:
@@ -60,7 +94,7 @@ def evaluate_label_maps(labels_path: Path, out_dir: Path, settings: dict[str, An
             tmp,
             accumulator.matrix,
             dataset.class_names,
-            extra={"n_images": accumulator.n_images},
+            extra=extra,
             title=f"{labels_path.stem} on {dataset.split}",
         )
         (tmp / PROVENANCE_FILE).write_text(dumps(provenance))

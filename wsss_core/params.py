@@ -71,6 +71,9 @@ MODELS: Schema = {
         "pretrained": Spec(str, "openai", "open_clip pretrained tag (downloads once when online)", nullable=True),
         "checkpoint": Spec(str, None, "local weights file; takes precedence over downloading", nullable=True),
         "sha256": Spec(str, None, "expected sha256 of the checkpoint file", nullable=True),
+        "model_cfg": Spec(
+            dict, None, "open_clip config (embed_dim, vision_cfg, text_cfg) of a custom architecture", nullable=True
+        ),
         "random_init": Spec(bool, False, "random weights on purpose (tests, demos without weights)"),
         "seed": Spec(int, 0, "seed of random weights", min=0),
     },
@@ -138,6 +141,13 @@ SEEDS: Schema = {
 EVALUATE: Schema = {
     "ignore_index": Spec(
         int, 255, "label value skipped in GT and counted as unlabelled in predictions", min=0, max=255
+    ),
+    "oracle_background_powers": Spec(
+        list,
+        [0.5, 1.0, 2.0, 3.0],
+        "for seeds made from CAMs: also report the best background power chosen WITH GT, flagged as oracle",
+        item=float,
+        min=0.0,
     ),
 }
 

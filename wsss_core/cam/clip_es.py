@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from wsss_core.cam.caa import attention_affinity, caa_refine
-from wsss_core.cam.gradcam import minmax, softmax_gradcam
+from wsss_core.cam.gradcam import minmax, softmax_gradcam, softmax_gradcam_loop
 from wsss_core.models.clip import ClipModel, VisualRunner, encode_text, prepare_image
 
 
@@ -38,6 +38,7 @@ class ClipEsSettings:
     reference_quirks: bool = False
     logit_scale: float = 100.0
     amp: bool = True  # fp16 autocast on CUDA, as the reference ran CLIP in half precision; ignored on CPU
+    batched_gradients: bool = True  # False: one backward pass per class, as the reference (for comparison)
 
 
 @dataclass
@@ -89,9 +90,9 @@ class ClipEs:
             image_embedding = F.normalize(patches.mean(dim=1), dim=-1)
             logits = self.settings.logit_scale * image_embedding @ self.text.T  # (1, C + B)
             background = list(range(self.num_classes, self.text.shape[0]))
-            cams = softmax_gradcam(activations, logits, targets, trace.grid, softmax_over=targets + background)[
-                0
-            ]  # (P, h, w), ReLU + min-max
+            gradcam = softmax_gradcam if self.settings.batched_gradients else softmax_gradcam_loop
+            selected = targets + background
+            cams = gradcam(activations, logits, targets, trace.grid, softmax_over=selected)[0]  # (P, h, w)
             attentions = torch.stack([trace.blocks[i % self.runner.num_layers].attention[0] for i in layers])
             affinity = attention_affinity(
                 attentions.float(), rounds=self.settings.sinkhorn_rounds, power=self.settings.affinity_power

@@ -44,6 +44,7 @@ def load_clip_from_params(settings: dict[str, Any], device: str):
         pretrained=settings["pretrained"],
         checkpoint=settings["checkpoint"],
         sha256=settings["sha256"],
+        model_cfg=settings["model_cfg"],
         random_init=settings["random_init"],
         seed=settings["seed"],
         device=device,

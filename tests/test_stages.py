@@ -1,0 +1,158 @@
+"""The stage scripts end to end on a tiny synthetic dataset: outputs, provenance, determinism, resume, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import ROOT
+from wsss_core.audit import audit
+from wsss_core.hashing import sha256_path
+from wsss_core.store import DenseMaps
+
+
+class Killed(Exception):
+    """Stands for the process being killed part-way through a stage."""
+
+
+def stage(name: str):
+    """The Typer app of stages/<name>.py, loaded from its file like `python stages/<name>.py` would."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app
+
+
+def invoke(name: str, *args: str):
+    return CliRunner().invoke(stage(name), list(args), catch_exceptions=False)
+
+
+def run_ok(name: str, *args: str):
+    result = invoke(name, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_pipeline_from_data_to_metrics(project):
+    run_ok("demo_data")
+    run_ok("prepare")
+    run_ok("cams")
+    for variant in ("cam", "crf"):
+        run_ok("seeds", variant)
+        run_ok("evaluate", f"seeds_{variant}")
+
+    cams = DenseMaps(project / "artifacts" / "cams_caa.zarr", kind="cams")
+    assert len(cams) == 6
+    for index in range(len(cams)):
+        maps = cams[index]
+        assert maps.shape == (len(cams.classes(index)), 4, 4)  # 64x64 image, patch 16
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    seeds = DenseMaps(project / "artifacts" / "seeds_crf.zarr", kind="labels")
+    for index in range(len(seeds)):
+        labels = seeds[index]
+        assert labels.shape == (64, 64)
+        allowed = {0, 255, *cams.classes(index).tolist()}
+        assert set(np.unique(labels).tolist()) <= allowed  # seeds only use the image's own labels
+
+    metrics = json.loads((project / "metrics" / "seeds_cam" / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and metrics["n_images"] == 6
+    assert (project / "metrics" / "seeds_cam" / "confusion.png").stat().st_size > 0
+
+    node = audit(project / "metrics" / "seeds_crf")
+    assert node.ok
+    labels_node = next(child for child in node.children if child.name == "labels")
+    cams_node = next(child for child in labels_node.children if child.name == "cams")
+    assert cams_node.stage == "cams" and cams_node.children[0].stage == "prepare"
+
+
+def test_same_inputs_give_byte_identical_artifacts(project):
+    run_ok("demo_data")
+    first_data = sha256_path(project / "data" / "demo")
+    run_ok("prepare")
+    run_ok("cams")
+    run_ok("seeds", "crf")
+    before = {name: sha256_path(project / "artifacts" / name) for name in ("index", "cams_raw.zarr", "seeds_crf.zarr")}
+    run_ok("demo_data")
+    run_ok("prepare")
+    run_ok("cams")
+    run_ok("seeds", "crf")
+    after = {name: sha256_path(project / "artifacts" / name) for name in before}
+    assert sha256_path(project / "data" / "demo") == first_data
+    assert after == before
+
+
+def test_cams_resume_after_a_kill_gives_the_same_bytes(project, monkeypatch):
+    run_ok("demo_data")
+    run_ok("prepare")
+    run_ok("cams", "--out-dir", "reference")
+    expected = sha256_path(project / "reference" / "cams_caa.zarr")
+
+    from wsss_core.cam import clip_es
+
+    original = clip_es.ClipEs.__call__
+    calls = {"n": 0}
+
+    def dies_on_fourth_image(self, image, class_ids):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Killed
+        return original(self, image, class_ids)
+
+    monkeypatch.setattr(clip_es.ClipEs, "__call__", dies_on_fourth_image)
+    with pytest.raises(Killed):
+        invoke("cams")
+    assert not (project / "artifacts" / "cams_caa.zarr").exists()  # no half artifact
+    monkeypatch.setattr(clip_es.ClipEs, "__call__", original)
+
+    counted = {"n": 0}
+
+    def counting(self, image, class_ids):
+        counted["n"] += 1
+        return original(self, image, class_ids)
+
+    monkeypatch.setattr(clip_es.ClipEs, "__call__", counting)
+    run_ok("cams")
+    assert counted["n"] == 3  # the three finished images (one per shard here) were not recomputed
+    assert sha256_path(project / "artifacts" / "cams_caa.zarr") == expected
+
+
+def test_corrupted_image_stops_prepare_with_its_name_and_keeps_no_index(project):
+    run_ok("demo_data")
+    broken = sorted((project / "data" / "demo" / "JPEGImages").glob("*.jpg"))[2]
+    broken.write_bytes(b"\xff\xd8 this is not a jpeg")
+    result = invoke("prepare")
+    assert result.exit_code == 1
+    assert broken.name in result.output
+    assert not (project / "artifacts" / "index").exists()
+
+
+def test_bad_params_stop_every_stage_with_the_key(project):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["cams"]["box_threshold"] = 1.5
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    result = invoke("cams")
+    assert result.exit_code == 1
+    assert "cams.box_threshold: must be <= 1.0, got 1.5" in result.output
+
+
+def test_unknown_seed_variant_is_named(project):
+    result = invoke("seeds", "sams")
+    assert result.exit_code == 1
+    assert "seeds.variants.sams: no such variant; defined: cam, caa, crf" in result.output
+
+
+def test_seeds_refuse_cams_without_their_index(project):
+    run_ok("demo_data")
+    run_ok("prepare")
+    run_ok("cams")
+    (project / "artifacts" / "index" / "train.parquet").unlink()
+    result = invoke("seeds", "cam")
+    assert result.exit_code == 1
+    assert "train.parquet: table not found" in result.output
+    assert not (project / "artifacts" / "seeds_cam.zarr").exists()
