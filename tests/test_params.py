@@ -67,3 +67,51 @@ def test_missing_or_malformed_file(tmp_path):
     bad.write_text("dataset: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(bad)
+
+
+PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_preset_writes_a_valid_complete_params_file(tmp_path, preset):
+    from typer.testing import CliRunner
+
+    from wsss_core.cli import app
+
+    out = tmp_path / "params.yaml"
+    result = CliRunner().invoke(app, ["params", "preset", str(preset), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    params = load_params(out)
+    overlay = yaml.safe_load(preset.read_text())
+    assert params["dataset"]["kind"] == overlay["dataset"]["kind"]
+    assert params["cams"]["box_threshold"] == overlay["cams"]["box_threshold"]
+    assert sorted(params["seeds"]["variants"]) == sorted(overlay["seeds"]["variants"])
+    assert params["models"]["clip"]["random_init"] is False  # presets are for real weights
+
+
+def test_clip_es_presets_follow_the_reference():
+    voc, coco = (load_params_from_preset(ROOT / "presets" / f"clip_es_{name}.yaml") for name in ("voc", "coco"))
+    assert (voc["cams"]["box_threshold"], coco["cams"]["box_threshold"]) == (0.4, 0.7)
+    assert (voc["cams"]["background_words"], coco["cams"]["background_words"]) == ("clip_es_voc", "clip_es_coco")
+    for params in (voc, coco):
+        assert params["cams"]["template"] == "a clean origami {}."
+        assert params["cams"]["scales"] == [1.0] and params["cams"]["flip"] is False
+        assert params["cams"]["caa_layers"] == 8 and params["cams"]["sinkhorn_rounds"] == 3
+        crf = params["seeds"]["variants"]["crf"]["crf"]
+        assert (crf["gaussian_sxy"], crf["gaussian_compat"], crf["iterations"]) == (1.0, 3.0, 10)
+        assert (crf["bilateral_sxy"], crf["bilateral_srgb"], crf["bilateral_compat"]) == (67.0, 3.0, 4.0)
+
+
+def load_params_from_preset(path):
+    from wsss_core.params import apply_preset
+
+    return apply_preset(path)
+
+
+def test_preset_with_a_bad_value_names_it(tmp_path):
+    from wsss_core.params import apply_preset
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cams:\n  box_threshold: high\n")
+    with pytest.raises(ParamsError, match=r"bad.yaml: cams\.box_threshold: expected float, got 'high'"):
+        apply_preset(bad)

@@ -60,6 +60,27 @@ def params_check(path: Path = typer.Argument(Path("params.yaml"))) -> None:
     print(json.dumps(params, indent=1, sort_keys=True))
 
 
+@params_app.command("preset")
+def params_preset(
+    preset: Path = typer.Argument(..., help="a preset file, e.g. presets/clip_es_voc.yaml"),
+    output: Path = typer.Option(Path("params.yaml"), help="the params file to write"),
+) -> None:
+    """Write a complete params file: every key's default, overridden by the preset (a method's reference setup)."""
+    import yaml
+
+    from wsss_core.params import ParamsError, apply_preset
+    from wsss_core.store.atomic import atomic_file
+
+    try:
+        params = apply_preset(preset)
+    except ParamsError as error:
+        _fail(str(error))
+    header = f"# Written by `wsss params preset {preset.as_posix()}`: defaults overridden by that preset.\n"
+    with atomic_file(output, "w") as handle:
+        handle.write(header + yaml.safe_dump(params, sort_keys=False, default_flow_style=False))
+    print(f"wrote {output} from {preset}")
+
+
 @dataset_app.command("check")
 def dataset_check(
     kind: str = typer.Option(..., help="voc, coco, folder or synthetic"),

@@ -238,3 +238,34 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, dict[str, Any]]:
 
 def defaults() -> dict[str, dict[str, Any]]:
     return {name: validate_section({}, schema, name) for name, schema in SECTIONS.items()}
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overlay`'s values written over it, recursively for nested sections.
+
+    A named map (e.g. seeds.variants) is replaced as a whole: a preset lists exactly the variants it wants.
+    """
+    result = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict) and key != "variants":
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def apply_preset(preset_path: str | Path) -> dict[str, dict[str, Any]]:
+    """Every section with defaults filled in, overridden by the preset file's values, validated."""
+    preset_path = Path(preset_path)
+    if not preset_path.is_file():
+        raise ParamsError(f"{preset_path}: preset file not found")
+    overlay = yaml.safe_load(preset_path.read_text()) or {}
+    if not isinstance(overlay, dict):
+        raise ParamsError(f"{preset_path}: expected a mapping of sections")
+    unknown = sorted(set(overlay) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"{preset_path}: {unknown[0]}: unknown section; allowed: {', '.join(SECTIONS)}")
+    merged = merge(defaults(), overlay)
+    return {
+        name: validate_section(merged[name], schema, f"{preset_path.name}: {name}") for name, schema in SECTIONS.items()
+    }
