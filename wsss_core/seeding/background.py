@@ -54,13 +54,11 @@ def background_score(cams: np.ndarray, mode: str, value: float) -> np.ndarray:
     return ((1.0 - foreground) ** value).astype(cams.dtype, copy=False)
 
 
-def label_from_cams(cams: np.ndarray, class_ids: Sequence[int], bg_score: np.ndarray) -> np.ndarray:
-    """uint8 labels (H, W): argmax over [bg_score, cams...] mapped to [0, class_ids...].
-
-    Ties go to the lower index, so background wins a tie with any class, and a class listed earlier wins a tie
-    with a later one. With no CAMs (K == 0) every pixel is background.
-    """
-    cams = _as_cams(cams)
+def check_seed_inputs(
+    cams: np.ndarray, class_ids: Sequence[int], bg_score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate what every seed rule receives: one class id in 1..254 per CAM channel, no duplicates, and a
+    background score of the CAMs' spatial size. Returns (class ids, background score) as arrays."""
     ids = np.asarray(class_ids)
     if ids.ndim != 1 or ids.shape[0] != cams.shape[0]:
         raise ValueError(f"class_ids has shape {ids.shape}, expected ({cams.shape[0]},) to match cams {cams.shape}")
@@ -74,7 +72,17 @@ def label_from_cams(cams: np.ndarray, class_ids: Sequence[int], bg_score: np.nda
     bg_score = np.asarray(bg_score)
     if bg_score.shape != cams.shape[1:]:
         raise ValueError(f"bg_score has shape {bg_score.shape}, expected {cams.shape[1:]} to match cams")
+    return ids, bg_score
 
+
+def label_from_cams(cams: np.ndarray, class_ids: Sequence[int], bg_score: np.ndarray) -> np.ndarray:
+    """uint8 labels (H, W): argmax over [bg_score, cams...] mapped to [0, class_ids...].
+
+    Ties go to the lower index, so background wins a tie with any class, and a class listed earlier wins a tie
+    with a later one. With no CAMs (K == 0) every pixel is background.
+    """
+    cams = _as_cams(cams)
+    ids, bg_score = check_seed_inputs(cams, class_ids, bg_score)
     labels = np.zeros(bg_score.shape, dtype=np.uint8)
     if cams.shape[0] == 0:
         return labels

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from wsss_core.seeding.background import check_seed_inputs
+
 IGNORE = 255
 
 
@@ -100,16 +102,7 @@ def crf_seeds(
     cams = np.asarray(cams)
     if cams.ndim != 3:
         raise ValueError(f"cams must have shape (P, H, W), got {cams.shape}")
-    ids = np.asarray(class_ids)
-    if ids.shape != (cams.shape[0],) or (ids.size and ids.dtype.kind not in "iu"):
-        raise ValueError(f"class_ids must be {cams.shape[0]} integers matching cams, got {ids.tolist()}")
-    if ((ids < 1) | (ids > 254)).any():
-        raise ValueError(f"class_ids must lie in 1..254 (0 is background, 255 ignore), got {ids.tolist()}")
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError(f"class_ids contain duplicates: {ids.tolist()}")
-    bg_score = np.asarray(bg_score)
-    if bg_score.shape != cams.shape[1:]:
-        raise ValueError(f"bg_score has shape {bg_score.shape}, expected {cams.shape[1:]} to match cams")
+    ids, bg_score = check_seed_inputs(cams, class_ids, bg_score)
 
     probs = np.concatenate([bg_score[None].astype(np.float32), cams.astype(np.float32)], axis=0)
     indices, _ = crf_refine(image, probs, **crf_options)
