@@ -23,6 +23,22 @@ def small_params() -> dict:
     params["dataset"]["synthetic"].update({"n_train": 6, "n_val": 3, "image_size": [64, 64]})
     params["models"]["clip"].update({"arch": "tiny", "model_cfg": TINY_CLIP_CFG, "random_init": True})
     params["cams"].update({"caa_layers": 2, "device": "cpu"})
+    if "learn" in params:  # FMA-WSSS prompt learning: 32x32 crops (a 2x2 token grid), a few iterations
+        learn = params["learn"]
+        learn.update({"device": "cpu", "checkpoint_every": 2})
+        learn["training"].update({"batch_size": 4, "warmup_iterations": 1})
+        learn["training"]["augment"].update({"long_side": [48, 64], "min_short_side": 32, "crop": 32})
+        for task in ("classification", "segmentation"):
+            learn[task].update({"n_ctx": 4, "iterations": 4})
+        for cams in ("coarse_cams", "fine_cams"):
+            learn[cams]["caa_layers"] = 2
+    if "retrain" in params:  # retraining: a few updates of a narrow WeCLIP head on 48x48 crops
+        retrain = params["retrain"]
+        retrain["device"] = "cpu"
+        retrain["schedule"].update(
+            {"iterations": 4, "batch_size": 2, "crop_size": 48, "checkpoint_every": 2, "warmup_iterations": 2}
+        )
+        retrain["weclip_head"].update({"embedding_dim": 32, "heads": 4})
     return params
 
 

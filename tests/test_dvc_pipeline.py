@@ -38,6 +38,7 @@ def dvc_project(tmp_path) -> Path:
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = small_params()
     params["seeds"]["variants"] = {"cam": params["seeds"]["variants"]["cam"], "crf": params["seeds"]["variants"]["crf"]}
+    params["retrain"]["seeds"] = "cam"  # retrain from the other variant than the one the test changes below
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     dvc(tmp_path, "init", "-q")
@@ -45,10 +46,20 @@ def dvc_project(tmp_path) -> Path:
     return tmp_path
 
 
+PREDICTIONS = ("plain", "crf", "sams")  # retrain.predict.variants of the shipped params
+
+
 def test_repro_is_incremental(dvc_project):
     first = stages_run(dvc(dvc_project, "repro"))
-    assert first[:3] == ["demo_data", "prepare", "cams"]
-    assert sorted(first[3:]) == ["evaluate@cam", "evaluate@crf", "seeds@cam", "seeds@crf"]
+    assert first[:2] == ["demo_data", "prepare"]
+    seeds_and_metrics = ["evaluate@cam", "evaluate@crf", "seeds@cam", "seeds@crf"]
+    sams = ["sam_masks", "sams_seeds@sams", "evaluate_sams@sams"]  # the demo's SAMS variant and its masks
+    fma = ["learn_classification", "cams_coarse", "sams_seeds@coarse", "evaluate_sams@coarse"]  # FMA-WSSS chain
+    fma += ["learn_segmentation", "cams_fine", "sams_seeds@fine", "evaluate_sams@fine"]
+    retrain = ["retrain"] + [f"{stage}@{name}" for stage in ("predict", "evaluate_predictions") for name in PREDICTIONS]
+    assert sorted(first[2:]) == sorted(["cams", *seeds_and_metrics, *sams, *fma, *retrain])
+    assert first.index("seeds@cam") < first.index("retrain") < first.index("predict@plain")
+    assert first.index("sams_seeds@coarse") < first.index("learn_segmentation") < first.index("cams_fine")
     assert (dvc_project / "metrics" / "seeds_crf" / "metrics.json").is_file()
 
     assert stages_run(dvc(dvc_project, "repro")) == []
@@ -58,7 +69,15 @@ def test_repro_is_incremental(dvc_project):
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stages_run(dvc(dvc_project, "repro")) == ["seeds@crf", "evaluate@crf"]
 
+    params["retrain"]["predict"]["variants"]["crf"]["crf"]["iterations"] = 5  # only that prediction reruns
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stages_run(dvc(dvc_project, "repro")) == ["predict@crf", "evaluate_predictions@crf"]
+
     params["cams"]["box_threshold"] = 0.5
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = stages_run(dvc(dvc_project, "repro"))
     assert rerun[0] == "cams" and "prepare" not in rerun and "demo_data" not in rerun
+
+    params["learn"]["fine_cams"]["box_threshold"] = 0.6  # only the end of the FMA-WSSS chain reruns
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stages_run(dvc(dvc_project, "repro")) == ["cams_fine", "sams_seeds@fine", "evaluate_sams@fine"]

@@ -109,7 +109,12 @@ CAMS: Schema = {
 }
 
 SEED_VARIANT: Schema = {
-    "cams": Spec(str, "cams_caa", "CAM artifact the seeds come from", choices=("cams_raw", "cams_caa")),
+    "cams": Spec(
+        str,
+        "cams_caa",
+        "CAM artifact the seeds come from (cams_coarse / cams_fine: from learned prompts)",
+        choices=("cams_raw", "cams_caa", "cams_coarse", "cams_fine"),
+    ),
     "background": Spec(
         str, "power", "background score: (1 - max CAM)^value, or a constant", choices=("power", "threshold")
     ),
@@ -136,6 +141,23 @@ SEEDS: Schema = {
         },
         "named seed variants; each becomes artifacts/seeds_<name>.zarr and is evaluated",
     ),
+    "sams": {
+        "variants": MapOf(
+            {
+                "cams": SEED_VARIANT["cams"],
+                "alpha": Spec(
+                    float,
+                    0.6,
+                    "background score of a quasi-superpixel: (1 - its best class score)^alpha "
+                    "(FMA-WSSS: 0.6 coarse VOC, 0.7 fine VOC, 1.0 COCO)",
+                    min=0.0,
+                ),
+            },
+            {"sams": {"cams": "cams_caa", "alpha": 0.6}},
+            "SAMS seed variants (FMA-WSSS): classes assigned per SAM quasi-superpixel (artifacts/sam_masks); "
+            "each becomes artifacts/seeds_<name>.zarr and is evaluated",
+        ),
+    },
 }
 
 EVALUATE: Schema = {
@@ -151,12 +173,278 @@ EVALUATE: Schema = {
     ),
 }
 
+
+SAM_MASKS: Schema = {
+    "generator": Spec(
+        str,
+        "sam",
+        "sam (segment-anything automatic masks) | felzenszwalb (classical over-segmentation, needs no weights)",
+        choices=("sam", "felzenszwalb"),
+    ),
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N (not recorded: shards may differ)"),
+    "eval_split": Spec(bool, True, "also compute masks for dataset.eval_split (SAMS post-processing of predictions)"),
+    "part_images": Spec(
+        int, None, "images per part file; null: at most 128 parts of at least 8 images", nullable=True, min=1
+    ),
+    "overlays": Spec(int, 4, "images per split drawn to reports/sam_masks/ (masks by level, quasi-superpixels)", min=0),
+    "sam": {
+        "model_type": Spec(
+            str,
+            "vit_h",
+            "vit_h | vit_l | vit_b (official) | custom (model_cfg)",
+            choices=("vit_h", "vit_l", "vit_b", "custom"),
+        ),
+        "checkpoint": Spec(str, "checkpoints/sam_vit_h_4b8939.pth", "SAM weights file (sha256-checked)", nullable=True),
+        "sha256": Spec(str, None, "expected sha256 (official file names are checked anyway)", nullable=True),
+        "model_cfg": Spec(dict, None, "build_sam_from_config arguments for model_type custom", nullable=True),
+        "random_init": Spec(bool, False, "custom only: random weights on purpose (tests)"),
+        "seed": Spec(int, 0, "seed of random weights", min=0),
+        "points_per_side": Spec(int, 32, "point grid per side (points_per_side**2 prompts per crop)", min=1),
+        "points_per_batch": Spec(int, 64, "points run through the mask decoder at once (speed/memory only)", min=1),
+        "pred_iou_thresh": Spec(float, 0.86, "keep masks whose predicted IoU exceeds this", min=0.0, max=1.0),
+        "stability_score_thresh": Spec(float, 0.92, "keep masks at least this stable", min=0.0, max=1.0),
+        "stability_score_offset": Spec(float, 1.0, "logit offset of the stability score", min=0.0),
+        "box_nms_thresh": Spec(float, 0.7, "box IoU of the per-crop NMS", min=0.0, max=1.0),
+        "crop_n_layers": Spec(int, 1, "layers of image crops (layer i has 4**i crops)", min=0),
+        "crop_nms_thresh": Spec(float, 0.7, "box IoU of the NMS between crops", min=0.0, max=1.0),
+        "crop_overlap_ratio": Spec(float, 512 / 1500, "overlap of neighbouring crops", min=0.0, max=1.0),
+        "crop_n_points_downscale_factor": Spec(int, 2, "points per side shrink by this per crop layer", min=1),
+        "min_mask_region_area": Spec(int, 100, "fill holes and drop islands smaller than this (pixels); 0: off", min=0),
+    },
+    "fma": {
+        "whole_iou_bonus": Spec(
+            float, 0.1, "(1) whole masks pass when predicted_iou + bonus > pred_iou_thresh; 0: SAM's rule", min=0.0
+        ),
+        "whole_nms_bonus": Spec(
+            float, 1.0, "(2) per-crop NMS scores whole masks predicted_iou + bonus, so they win; 0: SAM's rule", min=0.0
+        ),
+        "occupation_filter": Spec(
+            bool, True, "(3) keep whole, then part, then subpart masks occupied < t_r by kept ones (both generators)"
+        ),
+        "t_r": Spec(float, 0.3, "occupation threshold of the filter", min=0.0, max=1.0),
+    },
+    "felzenszwalb": {
+        "scales": Spec(
+            list,
+            [100.0, 400.0, 1600.0],
+            "k of the subpart, part and whole level (pixel values 0..255)",
+            item=float,
+            length=3,
+            min=0.0,
+        ),
+        "sigma": Spec(float, 0.8, "Gaussian smoothing before segmenting", min=0.0),
+        "min_size": Spec(int, 20, "smallest segment in pixels", min=1),
+    },
+}
+
+
+def _optimizer_specs(
+    kind: str, lr: float, backbone_scale: float, head_scale: float, decay: float, nesterov: bool, loss: str
+) -> Schema:
+    """The optimiser keys every network section carries, with that network's reference defaults."""
+    return {
+        "optimizer": Spec(str, kind, "adamw (betas 0.9, 0.999) | sgd", choices=("adamw", "sgd")),
+        "lr": Spec(float, lr, "base learning rate: warm-up, then poly decay", min=0.0),
+        "backbone_lr_scale": Spec(float, backbone_scale, "lr multiplier of pretrained weights (0 freezes)", min=0.0),
+        "head_lr_scale": Spec(float, head_scale, "lr multiplier of the new layers", min=0.0),
+        "weight_decay": Spec(float, decay, "weight decay", min=0.0),
+        "momentum": Spec(float, 0.9, "SGD momentum", min=0.0, max=1.0),
+        "nesterov": Spec(bool, nesterov, "SGD with Nesterov momentum"),
+        "loss": Spec(
+            str,
+            loss,
+            "ce | balanced_ce (mean of bg and fg CE, the CLIP heads') | gradient_clipping (WeakTr)",
+            choices=("ce", "balanced_ce", "gradient_clipping"),
+        ),
+    }
+
+
+def _backbone_weight_specs(what: str) -> Schema:
+    return {
+        "checkpoint": Spec(str, None, f"local {what} weights file", nullable=True),
+        "sha256": Spec(str, None, "expected sha256 of the checkpoint", nullable=True),
+        "random_init": Spec(bool, False, "random backbone weights on purpose (tests, demos without weights)"),
+    }
+
+
+PREDICTION: Schema = {
+    "scales": Spec(list, [1.0], "image scales whose softmax scores are averaged", item=float, min=0.1, max=4.0),
+    "flip": Spec(bool, False, "also average horizontally flipped views"),
+    "window": Spec(int, 0, "sliding window side in pixels; 0 runs each view whole", min=0),
+    "stride": Spec(int, 0, "sliding window stride in pixels (0 < stride <= window)", min=0),
+    "postprocess": Spec(str, "none", "none (argmax) | crf | sams (SAM masks)", choices=("none", "crf", "sams")),
+    "crf": {
+        "iterations": Spec(int, 10, "mean-field iterations", min=1),
+        "gaussian_sxy": Spec(float, 1.0, "Gaussian kernel spatial std", min=0.0),
+        "gaussian_compat": Spec(float, 3.0, "Gaussian kernel weight", min=0.0),
+        "bilateral_sxy": Spec(float, 67.0, "bilateral kernel spatial std", min=0.0),
+        "bilateral_srgb": Spec(float, 3.0, "bilateral kernel colour std", min=0.0),
+        "bilateral_compat": Spec(float, 4.0, "bilateral kernel weight", min=0.0),
+    },
+    "sams": {
+        "masks": Spec(str, "artifacts/sam_masks", "the sam_masks artifact; its eval-split masks are used"),
+        "alpha": Spec(float, 1.0, "background power (1 - max score)^alpha", min=0.0),
+    },
+}
+
+RETRAIN: Schema = {
+    "seeds": Spec(str, "crf", "seed variant to train on: a key of seeds.variants (artifacts/seeds_<name>.zarr)"),
+    "network": Spec(
+        str,
+        "weclip_head",
+        "weclip_head (frozen CLIP) | deeplabv3plus (ResNet) | weaktr (ViT + gradient clipping)",
+        choices=("weclip_head", "deeplabv3plus", "weaktr"),
+    ),
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N; for training and prediction"),
+    "amp": Spec(bool, True, "fp16 autocast (and loss scaling) on CUDA only"),
+    "seed": Spec(int, 0, "seed of new layers, batch order, augmentation and dropout", min=0),
+    "schedule": {
+        "iterations": Spec(int, 30000, "training updates", min=1),
+        "batch_size": Spec(int, 4, "images per update", min=1),
+        "crop_size": Spec(int, 320, "square training crop; smaller images are padded with ignored pixels", min=16),
+        "scale_range": Spec(
+            list, [0.5, 2.0], "random rescale before cropping", item=float, length=2, min=0.05, max=8.0
+        ),
+        "flip": Spec(bool, True, "random horizontal flips"),
+        "warmup_iterations": Spec(int, 50, "linear warm-up updates", min=0),
+        "warmup_ratio": Spec(float, 1e-6, "lr multiplier at the first warm-up update", min=0.0, max=1.0),
+        "poly_power": Spec(float, 1.0, "poly decay power after warm-up (1.0 WeCLIP, 0.9 DeepLab)", min=0.0),
+        "checkpoint_every": Spec(int, 500, "updates between resumable checkpoints", min=1),
+    },
+    "gradient_clipping": {
+        "tau": Spec(float, 1.2, "start value: clipping only once the mean CE is <= tau (WeakTr)", min=0.0),
+        "patch": Spec(int, 120, "side S of the gradient patches (pixels)", min=1),
+    },
+    "weclip_head": {
+        "feature_layers": Spec(
+            int, None, "CLIP blocks feeding the head, the last N; null: all (12 on ViT-B/16)", nullable=True, min=1
+        ),
+        "embedding_dim": Spec(int, 256, "width of the fused features and transformer layers", min=8),
+        "transformer_layers": Spec(int, 3, "pre-LN transformer layers", min=0),
+        "heads": Spec(int, 8, "attention heads", min=1),
+        "dropout": Spec(float, 0.1, "Dropout2d after the fusion conv", min=0.0, max=1.0),
+        **_optimizer_specs("adamw", 2e-4, 0.0, 10.0, 0.01, False, "balanced_ce"),
+    },
+    "deeplabv3plus": {
+        "blocks": Spec(
+            list, [3, 4, 23, 3], "Bottleneck blocks per stage ([3, 4, 23, 3]: ResNet-101)", item=int, length=4, min=1
+        ),
+        "output_stride": Spec(int, 8, "output stride (ASPP rates 12/24/36 at 8, 6/12/18 at 16)", choices=(8, 16)),
+        **_backbone_weight_specs("torchvision ImageNet ResNet"),
+        **_optimizer_specs("sgd", 0.01, 1.0, 1.0, 5e-4, False, "ce"),
+    },
+    "weaktr": {
+        "encoder": Spec(str, "deit_small_patch16_224", "timm ViT architecture"),
+        "encoder_cfg": Spec(dict, None, "timm config overrides, e.g. {embed_dim, depth, num_heads}", nullable=True),
+        **_backbone_weight_specs("ViT/DeiT"),
+        "decoder_layers": Spec(int, 2, "mask-transformer decoder layers", min=1),
+        "dropout": Spec(float, 0.1, "decoder dropout", min=0.0, max=1.0),
+        "drop_path_rate": Spec(float, 0.1, "encoder stochastic depth", min=0.0, max=1.0),
+        **_optimizer_specs("sgd", 1e-4, 0.1, 1.0, 0.0, True, "gradient_clipping"),
+    },
+    "predict": {
+        "variants": MapOf(
+            PREDICTION,
+            {"plain": {}, "crf": {"postprocess": "crf"}},
+            "named inference settings; each becomes artifacts/predictions_<name>.zarr on the eval split, evaluated",
+        ),
+    },
+}
+
+
+def _learn_task(design: str, init_std: float, losses: tuple[str, ...], iterations: int) -> Schema:
+    return {
+        "prompt_design": Spec(
+            str,
+            design,
+            "prompt design (FMA-WSSS Table 2)",
+            choices=("unified_context", "csc_append_bg_words", "csc_prepend_bg_words", "csc_prepend"),
+        ),
+        "n_ctx": Spec(int, 16, "learnable context vectors per prompt", min=1),
+        "init_std": Spec(float, init_std, "std of the N(0, std) context initialisation", min=0.0),
+        "loss": Spec(str, losses[0], "task loss (FMA-WSSS Table 5 alternatives)", choices=losses),
+        "iterations": Spec(int, iterations, "training iterations; the cosine schedule spans them", min=1),
+        "stop_after": Spec(
+            int,
+            None,
+            "stop at this iteration of the schedule (the reference's released checkpoints)",
+            min=1,
+            nullable=True,
+        ),
+    }
+
+
+def _learned_cams(box_threshold: float, refine: str) -> Schema:
+    return {
+        "caa_layers": Spec(int, 8, "attention layers (the last ones) used by CAA", min=1),
+        "sinkhorn_rounds": Spec(int, 1, "Sinkhorn rounds in CAA (FMA-WSSS: 1)", min=0),
+        "affinity_power": Spec(int, 2, "power t of the CAA affinity", min=1),
+        "box_threshold": Spec(float, box_threshold, "CAA box mask threshold (times max)", min=0.0, max=1.0),
+        "refine": Spec(
+            str,
+            refine,
+            "CAA applied to the normalised score, to the raw CAM, or not at all",
+            choices=("score", "cam", "none"),
+        ),
+    }
+
+
+LEARN: Schema = {
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N; for learning and the learned CAMs"),
+    "amp": Spec(bool, True, "fp16 autocast and gradient scaling on CUDA (the reference trained with AMP)"),
+    "workers": Spec(int, 0, "data-loading worker processes (batches do not depend on it)", min=0),
+    "checkpoint_every": Spec(int, 100, "iterations between resumable checkpoints", min=1),
+    "store_dtype": Spec(str, "float16", "dtype of the stored prompts", choices=("float16", "float32")),
+    "class_names": Spec(
+        str, "dataset", "words naming the foreground classes", choices=("dataset", "clip_es_voc", "clip_es_coco")
+    ),
+    "background_words": Spec(
+        str,
+        "clip_es_voc",
+        "background words (or only their number, for pure-context prompts)",
+        choices=("clip_es_voc", "clip_es_coco", "none"),
+    ),
+    "training": {
+        "seed": Spec(int, 0, "seed of the context initialisation, image order and augmentation", min=0),
+        "batch_size": Spec(int, 16, "images per iteration", min=1),
+        "lr": Spec(float, 0.001, "SGD learning rate after warm-up (cosine to 0)", min=0.0),
+        "momentum": Spec(float, 0.9, "SGD momentum", min=0.0, max=1.0),
+        "weight_decay": Spec(float, 0.0005, "SGD weight decay", min=0.0),
+        "warmup_iterations": Spec(int, 500, "iterations at the constant warm-up learning rate", min=0),
+        "warmup_lr": Spec(float, 1.0e-5, "warm-up learning rate", min=0.0),
+        "augment": {
+            "color_jitter": Spec(bool, True, "random brightness, contrast, saturation and hue"),
+            "long_side": Spec(list, [288, 480], "random long side range before cropping", item=int, length=2, min=1),
+            "min_short_side": Spec(int, 224, "the rescaled short side is at least this (>= crop)", min=1),
+            "crop": Spec(int, 224, "square training crop, a multiple of the patch size", min=1),
+            "flip": Spec(bool, True, "random horizontal flip"),
+        },
+    },
+    "classification": _learn_task("unified_context", 0.015, ("mcl", "bce"), 1800),
+    "segmentation": {
+        **_learn_task("csc_prepend", 0.0125, ("cal", "ce"), 17000),
+        "seeds": Spec(str, "coarse", "seeds variant (a key of seeds.variants) the CAM loss is trained against"),
+        "labels": Spec(
+            str,
+            "seeds",
+            "classes explained per crop: those left in the cropped seeds, or the image-level labels",
+            choices=("seeds", "image"),
+        ),
+    },
+    "coarse_cams": _learned_cams(0.4, "score"),
+    "fine_cams": _learned_cams(0.5, "cam"),
+}
+
+
 SECTIONS: dict[str, Schema] = {
     "dataset": DATASET,
     "models": MODELS,
+    "sam_masks": SAM_MASKS,
     "cams": CAMS,
     "seeds": SEEDS,
     "evaluate": EVALUATE,
+    "retrain": RETRAIN,
+    "learn": LEARN,
 }
 
 

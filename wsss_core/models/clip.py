@@ -559,8 +559,14 @@ def encode_text_embeddings(clip: ClipModel, token_embeddings: torch.Tensor, toke
     if token_embeddings.shape[:2] != token_ids.shape:
         raise ValueError(f"token embeddings {tuple(token_embeddings.shape)} do not match ids {tuple(token_ids.shape)}")
     cast_dtype = model.transformer.get_cast_dtype()
-    x = token_embeddings.to(cast_dtype) + model.positional_embedding.to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask)
+    attn_mask, length = model.attn_mask, token_ids.shape[1]
+    if attn_mask is not None:
+        # Under the causal mask no token after the last EOT reaches an EOT, so the sequence is cut there: the same
+        # features, 2-3x less work for short prompts (learnable prompts run this on every training step).
+        length = int(token_ids.argmax(dim=-1).max()) + 1
+        attn_mask = attn_mask[:length, :length]
+    x = token_embeddings[:, :length].to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=attn_mask)
     x = model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), token_ids.argmax(dim=-1)]
     if model.text_projection is None:

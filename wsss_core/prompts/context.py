@@ -7,7 +7,8 @@ transformer. Only the context vectors are trainable; CLIP stays frozen and outsi
 Layouts, with [V]1..[V]n the n_ctx context vectors:
 - "unified_end":  "[V]1..[V]n name."  one context shared by all prompts (FMA-WSSS classification prompts);
 - "class_front":  "name [V]1..[V]n."  one context per prompt (FMA-WSSS segmentation prompts, foreground);
-- "context_only": "[V]1..[V]n."       one context per prompt, no words (FMA-WSSS background prompts).
+- "context_only": "[V]1..[V]n."       one context per prompt, no words (FMA-WSSS background prompts);
+- "class_end":    "[V]1..[V]n name."  one context per prompt (FMA-WSSS Table 2 ablation "CSC + Append").
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from wsss_core.models.clip import ClipModel, encode_text_embeddings
 
-LAYOUTS = ("unified_end", "class_front", "context_only")
+LAYOUTS = ("unified_end", "class_front", "context_only", "class_end")
 _PLACEHOLDER = "X"
 
 
@@ -52,7 +53,7 @@ class ContextPromptEncoder(nn.Module):
 
         placeholder = " ".join([_PLACEHOLDER] * n_ctx)
         count = len(names) if layout != "context_only" or n_prompts is None else n_prompts
-        if layout == "unified_end":
+        if layout in ("unified_end", "class_end"):
             texts = [f"{placeholder} {name}." for name in names]
             starts = [1] * count
         elif layout == "class_front":

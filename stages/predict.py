@@ -1,0 +1,40 @@
+"""predict stage: one prediction variant (params retrain.predict.variants.<name>) of the trained segmenter on the
+eval split -> artifacts/predictions_<name>.zarr, scored by `stages/evaluate.py predictions_<name>`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from wsss_core.stage import run_stage
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    name: str = typer.Argument(..., help="a key of retrain.predict.variants in params.yaml"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    index_dir: Path = typer.Option(Path("artifacts/index")),
+    segmenter: Path = typer.Option(Path("artifacts/segmenter")),
+    artifacts: Path = typer.Option(Path("artifacts")),
+    device: str = typer.Option(None, help="overrides retrain.device (auto: CUDA when present)"),
+) -> None:
+    def body(params: dict[str, Any], log: dict[str, Any]) -> None:
+        from wsss_core.segment.predictions import write_predictions
+
+        if device is not None:
+            params["retrain"]["device"] = device
+        split = params["dataset"]["eval_split"]
+        out = write_predictions(
+            params, name, segmenter, index_dir / f"{split}.parquet", artifacts / f"predictions_{name}.zarr"
+        )
+        log["artifact"] = str(out)
+
+    run_stage(f"predict_{name}", body, params_file)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,162 @@
+"""The sam_masks and SAMS seeds stages through their scripts: outputs, kill/resume, shards, SAM weights, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.test_models_sam import TINY
+from tests.test_stages import Killed, invoke, run_ok
+from wsss_core.audit import audit
+from wsss_core.hashing import sha256_file, sha256_path
+from wsss_core.masks.felzenszwalb import FelzenszwalbGenerator
+from wsss_core.masks.records import MaskSet
+from wsss_core.models.sam import build_sam_from_config
+from wsss_core.store import DenseMaps
+
+
+def set_params(**sam_masks) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    for key, value in sam_masks.items():
+        if isinstance(value, dict):
+            params["sam_masks"][key].update(value)
+        else:
+            params["sam_masks"][key] = value
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def prepared(project) -> Path:
+    """The small demo dataset, indexed, with masks in parts of 2 images (3 train parts)."""
+    set_params(part_images=2, overlays=2)
+    run_ok("demo_data")
+    run_ok("prepare")
+    return project
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """Counts Felzenszwalb generations; `die_at` makes the n-th one kill the process."""
+    original = FelzenszwalbGenerator.generate
+    calls = {"n": 0, "die_at": None}
+
+    def counted(self, image):
+        calls["n"] += 1
+        if calls["n"] == calls["die_at"]:
+            raise Killed
+        return original(self, image)
+
+    monkeypatch.setattr(FelzenszwalbGenerator, "generate", counted)
+    return calls
+
+
+def test_felzenszwalb_masks_for_both_splits_with_provenance_and_pictures(prepared):
+    run_ok("sam_masks")
+    train, val = MaskSet(prepared / "artifacts/sam_masks/train"), MaskSet(prepared / "artifacts/sam_masks/val")
+    assert (len(train), len(val)) == (6, 3)
+    assert sorted(p.name for p in train.path.glob("part-*")) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    assert train.provenance["params"]["sam_masks"]["generator"] == "felzenszwalb"
+    assert "device" not in train.provenance["params"]["sam_masks"]  # shards may run on different devices
+    assert train.provenance["details"]["split"] == "train"
+    image_id = train.image_ids[0]
+    masks = train.read(image_id, kept_only=False)
+    assert set(masks.level.tolist()) == {0, 1, 2} and masks.size == (64, 64)
+    assert masks.kept[masks.level == 2].all() and not masks.kept.all()
+    pictures = sorted(p.name for p in (prepared / "reports/sam_masks").iterdir())
+    assert pictures == [f"train_{train.image_ids[0]}.png", f"train_{train.image_ids[1]}.png",
+                        f"val_{val.image_ids[0]}.png", f"val_{val.image_ids[1]}.png"]  # fmt: skip
+    node = audit(prepared / "artifacts/sam_masks/train", deep=True)
+    assert node.ok and node.stage == "sam_masks" and node.children[0].stage == "prepare"
+
+    before = sha256_path(prepared / "artifacts/sam_masks")
+    run_ok("sam_masks")  # recomputed from scratch: the same bytes
+    assert sha256_path(prepared / "artifacts/sam_masks") == before
+
+
+def test_a_kill_and_a_rerun_give_the_bytes_of_an_uninterrupted_run(prepared, count_calls):
+    set_params(eval_split=False)
+    run_ok("sam_masks", "--out-dir", "reference")
+    expected = sha256_path(prepared / "reference")
+    count_calls.update(n=0, die_at=4)
+    with pytest.raises(Killed):
+        invoke("sam_masks")
+    assert not (prepared / "artifacts/sam_masks").exists()  # no half artifact
+    count_calls.update(n=0, die_at=None)
+    run_ok("sam_masks")
+    assert count_calls["n"] == 3  # images 1-3 were kept; only 4-6 were computed again
+    assert sha256_path(prepared / "artifacts/sam_masks") == expected
+
+
+def test_shards_and_a_merge_give_the_bytes_of_one_run(prepared, count_calls):
+    set_params(eval_split=False)
+    run_ok("sam_masks", "--out-dir", "reference")
+    expected = sha256_path(prepared / "reference")
+    count_calls.update(n=0)
+    run_ok("sam_masks", "--shard", "1/2")
+    assert count_calls["n"] == 2 and not (prepared / "artifacts/sam_masks").exists()  # part 1 only; no artifact
+    result = invoke("sam_masks", "--merge")
+    assert result.exit_code == 1
+    assert "2 of 3 parts unfinished (first: part 0, image 'syn_000001')" in result.output
+    run_ok("sam_masks", "--shard", "0/2")
+    assert count_calls["n"] == 2 + 4  # parts 0 and 2
+    run_ok("sam_masks", "--merge")
+    assert count_calls["n"] == 6  # the merge computes nothing
+    assert sha256_path(prepared / "artifacts/sam_masks") == expected
+    result = invoke("sam_masks", "--shard", "2/2")
+    assert result.exit_code == 1 and "--shard: shard '2/2': need 0 <= I < N" in result.output
+
+
+def test_sam_weights_from_a_file_with_their_hash_in_provenance(prepared):
+    weights = prepared / "tiny_sam.pth"
+    torch.save(build_sam_from_config(**TINY, seed=3, device="cpu").sam.state_dict(), weights)
+    sam = {"model_type": "custom", "model_cfg": {**TINY, "encoder_global_attn_indexes": [1]},
+           "checkpoint": "missing.pth", "points_per_side": 2, "pred_iou_thresh": 0.0,
+           "stability_score_thresh": 0.0, "crop_n_layers": 0, "min_mask_region_area": 4}  # fmt: skip
+    set_params(generator="sam", eval_split=False, device="cpu", sam=sam)
+    result = invoke("sam_masks")
+    assert result.exit_code == 1 and "checkpoint not found: missing.pth" in result.output
+    set_params(sam={"checkpoint": str(weights), "sha256": sha256_file(weights)})
+    run_ok("sam_masks")
+    train = MaskSet(prepared / "artifacts/sam_masks/train")
+    assert train.provenance["checkpoints"]["sam"]["checkpoint"]["sha256"] == sha256_file(weights)
+    assert train.n_masks.sum() > 0
+    for image_id in train.image_ids:
+        masks = train.read(image_id, kept_only=False)
+        assert set(masks.level.tolist()) <= {0, 1, 2} and masks.masks.shape[1:] == (64, 64)
+
+
+def test_sams_seeds_use_the_masks_and_refuse_masks_of_other_images(prepared):
+    run_ok("cams")
+    run_ok("sam_masks")
+    run_ok("sams_seeds", "sams")
+    seeds = DenseMaps(prepared / "artifacts/seeds_sams.zarr", kind="labels")
+    cams = DenseMaps(prepared / "artifacts/cams_caa.zarr", kind="cams")
+    for index in range(len(seeds)):
+        assert set(np.unique(seeds[index]).tolist()) <= {0, *cams.classes(index).tolist()}
+    node = audit(prepared / "artifacts/seeds_sams.zarr")
+    assert node.ok and {child.name for child in node.children} == {"cams", "index", "masks"}
+    run_ok("evaluate", "seeds_sams")
+
+    # The same dataset ids with one image's content changed: the masks no longer belong to it.
+    changed = prepared / "data/demo/JPEGImages/syn_000003.jpg"
+    pixels = np.array(Image.open(changed))
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(changed, quality=95)
+    run_ok("prepare")
+    result = invoke("sams_seeds", "sams")
+    assert result.exit_code == 1
+    assert "masks of image 'syn_000003' were computed for different content" in result.output
+
+    result = invoke("sams_seeds", "sams", "--masks", "nowhere")
+    assert result.exit_code == 1 and "nowhere/train: no masks for split 'train'" in result.output
+    result = invoke("sams_seeds", "crf")
+    assert result.exit_code == 1 and "seeds.sams.variants.crf: no such SAMS variant; defined: sams" in result.output

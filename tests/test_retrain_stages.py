@@ -1,0 +1,170 @@
+"""The retrain and predict stages end to end on the tiny synthetic dataset: artifacts, provenance, evaluation,
+resume after a kill, every network and post-processing option through params alone, and errors naming the key."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_stages import Killed, invoke, run_ok
+from wsss_core.audit import audit, read_provenance
+from wsss_core.hashing import sha256_file
+from wsss_core.store import DenseMaps
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, small_project_params) -> Path:
+    """A project with data, index, CAMs, CRF seeds and SAM masks (Felzenszwalb), built once for this module."""
+    import os
+
+    root = tmp_path_factory.mktemp("seeded")
+    (root / "params.yaml").write_text(yaml.safe_dump(small_project_params, sort_keys=False))
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        for name, *args in (("demo_data",), ("prepare",), ("cams",), ("seeds", "crf"), ("sam_masks",)):
+            run_ok(name, *args)
+    finally:
+        os.chdir(previous)
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_project_params() -> dict:
+    from tests.conftest import small_params
+
+    params = small_params()  # a 4-update schedule, a narrow WeCLIP head
+    params["retrain"]["deeplabv3plus"].update(blocks=[1, 1, 1, 1], output_stride=16)
+    params["retrain"]["weaktr"]["encoder_cfg"] = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    for variant in params["retrain"]["predict"]["variants"].values():
+        variant["scales"] = [1.0]  # keep the test's views few; multi-scale and flip are tested in test_segment_train
+    return params
+
+
+@pytest.fixture
+def project(seeded, tmp_path, monkeypatch) -> Path:
+    """A private copy of the seeded project as the working directory."""
+    shutil.copytree(seeded, tmp_path / "p")
+    monkeypatch.chdir(tmp_path / "p")
+    return tmp_path / "p"
+
+
+def edit_params(**retrain_changes) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    for key, value in retrain_changes.items():
+        section = params["retrain"]
+        *parents, last = key.split("__")
+        for parent in parents:
+            section = section[parent]
+        section[last] = value
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_retrain_predict_and_evaluate_on_the_eval_split(project):
+    run_ok("retrain")
+    curve = (project / "metrics" / "retrain" / "curve.csv").read_text().splitlines()
+    assert curve[0] == "step,loss,lr" and len(curve) == 1 + 4
+    segmenter = read_provenance(project / "artifacts" / "segmenter")
+    assert segmenter["details"]["network"] == "weclip_head" and segmenter["details"]["split"] == "train"
+    assert set(segmenter["upstream"]) == {"seeds", "index"}
+    assert "clip" in segmenter["checkpoints"]
+
+    for variant in ("plain", "crf", "sams"):
+        run_ok("predict", variant)
+        result = run_ok("evaluate", f"predictions_{variant}")
+        assert f"evaluate predictions_{variant}: mIoU" in result.output
+        predictions = DenseMaps(project / "artifacts" / f"predictions_{variant}.zarr", kind="labels")
+        assert len(predictions) == 3  # the val split
+        assert predictions.provenance["upstream"]["index"]["path"] == "artifacts/index/val.parquet"
+        for index in range(len(predictions)):
+            labels = predictions[index]
+            assert labels.shape == (64, 64) and labels.max() < 7  # every pixel gets one of the 7 classes
+        metrics = json.loads((project / "metrics" / f"predictions_{variant}" / "metrics.json").read_text())
+        assert metrics["n_images"] == 3 and 0 <= metrics["miou"] <= 1 and "oracle" not in metrics
+
+    sams = DenseMaps(project / "artifacts" / "predictions_sams.zarr")
+    assert sams.provenance["upstream"]["masks"]["path"] == "artifacts/sam_masks/val"
+    node = audit(project / "metrics" / "predictions_crf")
+    assert node.ok
+    labels_node = next(child for child in node.children if child.name == "labels")
+    segmenter_node = next(child for child in labels_node.children if child.name == "segmenter")
+    assert segmenter_node.stage == "retrain"
+    assert {child.name for child in segmenter_node.children} == {"seeds", "index"}
+
+
+def test_retrain_resumes_after_a_kill_with_the_same_weights(project, monkeypatch):
+    run_ok("retrain", "--out-dir", "reference", "--curve", "reference.csv")
+    expected = sha256_file(project / "reference" / "weights.safetensors")
+
+    from wsss_core.segment import train as train_module
+
+    original = train_module.make_batch
+    steps = []
+
+    def dies_at_step_three(data, step, *args):
+        steps.append(step)
+        if step == 3:
+            raise Killed
+        return original(data, step, *args)
+
+    monkeypatch.setattr(train_module, "make_batch", dies_at_step_three)
+    with pytest.raises(Killed):
+        invoke("retrain")
+    assert not (project / "artifacts" / "segmenter").exists()  # no half artifact
+    steps.clear()
+    monkeypatch.setattr(
+        train_module, "make_batch", lambda data, step, *args: steps.append(step) or original(data, step, *args)
+    )
+    run_ok("retrain")
+    assert steps == [2, 3]  # resumed from the checkpoint written after 2 updates
+    assert sha256_file(project / "artifacts" / "segmenter" / "weights.safetensors") == expected
+    assert (project / "metrics" / "retrain" / "curve.csv").read_text() == (project / "reference.csv").read_text()
+    assert not any((project / ".wsss_scratch").glob("segmenter-*"))  # the checkpoint is dropped once committed
+
+
+@pytest.mark.parametrize("network", ["deeplabv3plus", "weaktr"])
+def test_every_network_trains_and_predicts_through_params_alone(project, network):
+    edit_params(network=network, schedule__iterations=1, schedule__crop_size=32)
+    run_ok("retrain")
+    assert read_provenance(project / "artifacts" / "segmenter")["details"]["network"] == network
+    run_ok("predict", "plain")
+    predictions = DenseMaps(project / "artifacts" / "predictions_plain.zarr", kind="labels")
+    assert all(predictions[i].shape == (64, 64) for i in range(len(predictions)))
+
+
+def test_errors_name_the_key(project):
+    run_ok("retrain")
+    edit_params(seeds="sam")
+    result = invoke("retrain")
+    assert (
+        result.exit_code == 1 and "retrain.seeds: 'sam' is not a seed variant; defined: cam, caa, crf" in result.output
+    )
+
+    edit_params(seeds="crf", network="deeplabv3plus", deeplabv3plus__random_init=False)
+    result = invoke("retrain")
+    assert result.exit_code == 1 and "retrain.deeplabv3plus.checkpoint: no pretrained backbone weights" in result.output
+
+    result = invoke("predict", "fancy")
+    assert result.exit_code == 1 and "retrain.predict.variants.fancy: no such variant" in result.output
+
+    edit_params(predict__variants__plain__window=32, predict__variants__plain__stride=40)
+    result = invoke("predict", "plain")
+    assert (
+        result.exit_code == 1 and "retrain.predict.variants.plain.stride: must lie in 1..window (32)" in result.output
+    )
+
+    shutil.rmtree(project / "artifacts" / "sam_masks" / "val")
+    result = invoke("predict", "sams")
+    assert result.exit_code == 1
+    assert "retrain.predict.variants.sams.sams.masks: artifacts/sam_masks/val not found" in result.output
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["models"]["clip"]["seed"] = 1  # another CLIP than the head was trained on
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = invoke("predict", "crf")
+    assert result.exit_code == 1 and "rerun the retrain stage or restore models.clip" in result.output
+    assert not (project / "artifacts" / "predictions_crf.zarr").exists()

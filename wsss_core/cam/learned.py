@@ -1,0 +1,218 @@
+"""CAMs from learned prompts (FMA-WSSS): Softmax-GradCAM against the learned text embeddings, refined by CAA.
+
+Scoring an image follows CLIP-ES, with FMA-WSSS's changes:
+  - text embeddings come from learned prompts (`wsss_core.prompts.fma`), foreground classes first, then background;
+  - logits = CLIP's own logit scale * cos(image, text), image embedding = mean of the projected patch tokens;
+  - the softmax runs over the present foreground classes and all background prompts with FMA's epsilon 1e-5 in its
+    denominator; the CAM has no ReLU and no normalisation (`gradcams_of_present`). Training calls it with
+    `create_graph=True`, so a loss on the CAM reaches the prompts through the Grad-CAM weights.
+For seeds (`LearnedPromptCams`), CAA refines either the normalised score (ReLU + min-max, "score", the VOC
+classification setting) or the raw CAM ("cam", VOC segmentation) with boxes taken from the score, or is skipped
+("none", COCO segmentation); the result is stored as ReLU + min-max in [0, 1], which is what SAMS and the CRF and
+power seed rules read (SAMS min-maxes per class itself, so this rescaling does not change its seeds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from wsss_core.cam.caa import attention_affinity, caa_refine
+from wsss_core.cam.clip_es import ClipEsCams
+from wsss_core.cam.gradcam import minmax, softmax_gradcam
+from wsss_core.models.clip import ClipModel, VisualRunner, prepare_image
+
+SOFTMAX_EPSILON = 1e-5  # FMA-WSSS's masked softmax: exp / (sum over the mask + epsilon)
+REFINE_MODES = ("score", "cam", "none")
+
+
+def image_logits(
+    runner: VisualRunner, last_tokens: torch.Tensor, text: torch.Tensor, logit_scale: float
+) -> torch.Tensor:
+    """logit_scale * cos(mean projected patch token, text): (B, N, D) tokens, (K, E) text -> (B, K) float32."""
+    with torch.autocast(last_tokens.device.type, enabled=False):
+        patches = runner.project(last_tokens.float())[:, 1:]
+        embedding = F.normalize(patches.mean(dim=1), dim=-1)
+        return logit_scale * embedding @ text.float().T
+
+
+def gradcams_of_present(
+    activations: torch.Tensor,
+    logits: torch.Tensor,
+    present: torch.Tensor,
+    grid: tuple[int, int],
+    *,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FMA-WSSS Softmax-GradCAM of every present class of every image, in one batched autograd call.
+
+    Arguments:
+      activations: (B, N, D) the last block's ln_1 output, in the graph of `logits`.
+      logits: (B, K) with the C foreground prompts first, then K - C background prompts.
+      present: (B, C) bool, the classes to explain; the softmax of image b runs over its present classes and all
+        background prompts.
+      create_graph: keep the graph of the Grad-CAM weights (training).
+    Returns (cams (P, h, w) float32 without ReLU or normalisation, image index (P,), class id 1..C (P,)), ordered by
+    image, then class.
+    """
+    batch, num_prompts = logits.shape
+    num_foreground = present.shape[1]
+    present = present.to(logits.device).bool()
+    counts = present.sum(dim=1)
+    width = max(int(counts.max()), 1)
+    targets = torch.zeros((batch, width), dtype=torch.long, device=logits.device)
+    valid = torch.zeros((batch, width), dtype=torch.bool, device=logits.device)
+    mask = torch.zeros((batch, num_prompts), dtype=torch.bool, device=logits.device)
+    mask[:, :num_foreground] = present
+    mask[:, num_foreground:] = True
+    for item in range(batch):
+        classes = torch.nonzero(present[item]).flatten()
+        if len(classes):
+            targets[item, : len(classes)] = classes
+            targets[item, len(classes) :] = classes[0]  # padding: recomputed, then dropped
+            valid[item, : len(classes)] = True
+        else:  # nothing to explain: a dummy target (dropped) keeps the batch rectangular
+            mask[item, 0] = True
+    cams = softmax_gradcam(
+        activations,
+        logits,
+        targets,
+        grid,
+        softmax_over=mask,
+        epsilon=SOFTMAX_EPSILON,
+        relu=False,
+        normalize=False,
+        create_graph=create_graph,
+    )  # (B, T, h, w)
+    items = torch.arange(batch, device=logits.device).unsqueeze(1).expand(batch, width)
+    return cams[valid], items[valid], targets[valid] + 1
+
+
+@dataclass(frozen=True)
+class LearnedCamSettings:
+    """CAA settings of one task (FMA-WSSS VOC: classification 1 Sinkhorn round, box threshold 0.4, t = 2, on the
+    score; segmentation the same with threshold 0.5, on the raw CAM)."""
+
+    caa_layers: int = 8
+    sinkhorn_rounds: int = 1
+    affinity_power: int = 2
+    box_threshold: float = 0.4
+    refine: str = "score"
+
+    def __post_init__(self) -> None:
+        if self.refine not in REFINE_MODES:
+            raise ValueError(f"refine must be one of {REFINE_MODES}, got {self.refine!r}")
+
+
+class LearnedPromptCams:
+    """CAMs of one image (batch 1, scale 1, size rounded up to the patch size, fp32 as the reference's inference)
+    from learned prompts (`FmaPrompts`, or any module returning (C + B, E) text embeddings, foreground first)."""
+
+    def __init__(self, clip: ClipModel, prompts: torch.nn.Module, settings: LearnedCamSettings) -> None:
+        self.clip = clip
+        self.runner = VisualRunner(clip)
+        self.settings = settings
+        if not 1 <= settings.caa_layers <= self.runner.num_layers:
+            raise ValueError(f"caa_layers must be in 1..{self.runner.num_layers}, got {settings.caa_layers}")
+        self.num_foreground = prompts.num_foreground
+        with torch.no_grad():
+            self.text = prompts().float()
+        self.logit_scale = float(clip.model.logit_scale.exp())
+
+    def __call__(self, image: np.ndarray, class_ids: Sequence[int]) -> ClipEsCams:
+        """`raw`: ReLU + min-max of the Grad-CAM; `refined`: after CAA (see the module docstring); both (P, h, w)."""
+        class_ids = sorted({int(c) for c in class_ids})
+        bad = [c for c in class_ids if not 1 <= c <= self.num_foreground]
+        if bad:
+            raise ValueError(f"class ids {bad} are outside 1..{self.num_foreground}")
+        pixels = prepare_image(self.clip, image)
+        grid = self.runner.grid_of(pixels)
+        if not class_ids:
+            empty = torch.zeros((0, *grid))
+            return ClipEsCams([], empty, empty)
+        layers = range(-self.settings.caa_layers, 0) if self.settings.refine != "none" else ()
+        trace = self.runner.forward(pixels, capture_layers=layers, grad_from_layer=-1)
+        activations = trace.blocks[self.runner.num_layers - 1].ln_1
+        logits = image_logits(self.runner, trace.tokens[-1], self.text, self.logit_scale)
+        present = torch.zeros((1, self.num_foreground), dtype=torch.bool)
+        present[0, torch.tensor(class_ids) - 1] = True
+        cams, _, _ = gradcams_of_present(activations, logits, present, grid)
+        cams = cams.detach()
+        score = minmax(cams.clamp_min(0), (-2, -1))
+        refined = score
+        if self.settings.refine != "none":
+            attentions = torch.stack([trace.blocks[i % self.runner.num_layers].attention[0] for i in layers]).detach()
+            affinity = attention_affinity(
+                attentions.float(), rounds=self.settings.sinkhorn_rounds, power=self.settings.affinity_power
+            )
+            source = score if self.settings.refine == "score" else cams
+            propagated = caa_refine(
+                source, affinity, box_threshold=self.settings.box_threshold, box_source=score, normalize=False
+            )
+            refined = minmax(propagated.clamp_min(0), (-2, -1))
+        return ClipEsCams(class_ids, score.cpu(), refined.cpu())
+
+
+def generate_learned_cams(
+    index_path: Path, prompts_dir: Path, out_path: Path, cams_key: str, params: dict[str, Any]
+) -> Path:
+    """CAMs of every image of the index from the prompts in `prompts_dir`, refined with the settings
+    learn.<cams_key> ("coarse_cams" or "fine_cams"); writes the dense CAM artifact `out_path` (token grid, float16,
+    resumable like the cams stage)."""
+    from wsss_core.cam.generate import load_clip_from_params
+    from wsss_core.data.base import read_image
+    from wsss_core.data.index import read_index, read_index_sizes
+    from wsss_core.progress import progress
+    from wsss_core.prompts.fma import load_prompts
+    from wsss_core.provenance import make_provenance
+    from wsss_core.store.dense import DenseMapWriter
+    from wsss_core.store.table import ArtifactError
+
+    learn, clip_params = params["learn"], params["models"]["clip"]
+    cam_params = learn[cams_key]
+    dataset = read_index(index_path)
+    clip = load_clip_from_params(clip_params, learn["device"])
+    prompts = load_prompts(clip, prompts_dir)
+    if prompts.num_foreground != dataset.num_classes - 1:
+        raise ArtifactError(
+            f"{prompts_dir}: prompts name {prompts.num_foreground} classes, the dataset has {dataset.num_classes - 1}"
+        )
+    generator = LearnedPromptCams(clip, prompts, LearnedCamSettings(**cam_params))
+    size_of = read_index_sizes(index_path)
+    image_sizes = np.array([size_of[sample.image_id] for sample in dataset.samples])
+    provenance = make_provenance(
+        out_path.stem,
+        {f"learn.{cams_key}": cam_params, "models.clip": clip_params},
+        upstream={"index": index_path, "prompts": prompts_dir},
+        checkpoints={"clip": clip.provenance},
+        libraries=("open_clip_torch",),
+        details={
+            "variant": "caa" if cam_params["refine"] != "none" else "raw",
+            "split": dataset.split,
+            "resolution": "feature",
+            "prompt_design": prompts.design,
+        },
+    )
+    writer = DenseMapWriter(
+        out_path,
+        kind="cams",
+        image_ids=[sample.image_id for sample in dataset.samples],
+        sizes=-(-image_sizes // clip.patch_size),
+        dtype="float16",
+        channels=max(1, max(len(sample.labels) for sample in dataset.samples)),
+        class_names=dataset.class_names,
+        provenance=provenance,
+        extra={"resolution": "feature", "patch_size": clip.patch_size},
+    )
+    pending = writer.pending()
+    for index in progress(pending, out_path.stem, total=len(pending)):
+        sample = dataset.samples[index]
+        result = generator(read_image(sample.image_path), sample.labels)
+        writer.write(index, result.refined.numpy(), classes=result.class_ids)
+    return writer.commit()

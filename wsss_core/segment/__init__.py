@@ -1,0 +1,12 @@
+"""Retraining: a segmentation network trained on seed labels, its inference and post-processing.
+
+networks.py   the registry (NETWORKS) of trainable networks: weclip_head.py (WeCLIP head on a frozen CLIP),
+              deeplabv3plus.py (DeepLabV3+ on a torchvision ResNet), weaktr_decoder.py (ViT + mask transformer)
+losses.py     CE with ignore 255, the bg/fg-balanced CE, WeakTr's gradient-clipping loss
+train.py      schedule, augmentation, optimiser, checkpoints and exact resume
+infer.py      multi-scale + flip, sliding-window class scores
+postprocess.py  none | dense CRF | SAMS
+retrain.py, predictions.py  the retrain and predict stages' work (artifacts and provenance)
+
+Import-light on purpose: torch and the model libraries load only with the submodule that needs them.
+"""

@@ -1,0 +1,163 @@
+"""The predict stage's work: run a trained segmenter over the eval split and write its label maps.
+
+`artifacts/predictions_<name>.zarr` (kind "labels", one uint8 map per image at image size) is built resumably like
+every dense artifact; its provenance names the segmenter, the eval index (which the evaluate stage scores against)
+and, for SAMS, the mask records used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsss_core.audit import read_provenance
+from wsss_core.data.base import read_image
+from wsss_core.params import ParamsError
+from wsss_core.progress import progress
+from wsss_core.provenance import canonical, make_provenance
+from wsss_core.segment.networks import Network
+from wsss_core.store.dense import DEFAULT_SCRATCH, DenseMapWriter
+from wsss_core.store.table import ArtifactError
+
+
+def load_segmenter(segmenter_dir: Path, clip_params: dict[str, Any], device: torch.device) -> tuple[Network, dict]:
+    """Rebuild the trained network recorded in `segmenter_dir` and load its weights; returns (Network, provenance).
+
+    A network on frozen CLIP features needs the same CLIP it was trained on: `clip_params` (models.clip) must load
+    a CLIP whose record equals the one in the segmenter's provenance.
+    """
+    from safetensors.torch import load_file
+
+    from wsss_core.cam.generate import load_clip_from_params
+    from wsss_core.segment.networks import NEEDS_CLIP, build_network
+    from wsss_core.segment.retrain import WEIGHTS_FILE
+
+    provenance = read_provenance(segmenter_dir)
+    if provenance.get("stage") != "retrain":
+        raise ArtifactError(f"{segmenter_dir}: not a segmenter (written by stage {provenance.get('stage')!r})")
+    details = provenance["details"]
+    name = details["network"]
+    settings = provenance["params"]["retrain"]
+    clip = None
+    if name in NEEDS_CLIP:
+        clip = load_clip_from_params(clip_params, device)
+        recorded = provenance["checkpoints"].get("clip")
+        if recorded != canonical(clip.provenance):
+            raise ArtifactError(
+                f"{segmenter_dir}: trained on CLIP {recorded}, but models.clip now loads {clip.provenance}; "
+                "rerun the retrain stage or restore models.clip"
+            )
+    network = build_network(
+        name, settings[name], len(details["class_names"]), clip=clip, device=device, pretrained=False
+    )
+    weights_path = segmenter_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ArtifactError(f"{weights_path}: segmenter weights not found")
+    try:
+        network.module.load_state_dict(load_file(str(weights_path), device=str(device)))
+    except RuntimeError as error:
+        raise ArtifactError(f"{weights_path}: does not fit network {name!r} ({error})") from error
+    network.module.eval()
+    return network, provenance
+
+
+def check_prediction_settings(name: str, settings: dict[str, Any]) -> None:
+    """Cross-key checks params validation cannot express, named by their key."""
+    key = f"retrain.predict.variants.{name}"
+    if settings["window"] and not 0 < settings["stride"] <= settings["window"]:
+        raise ParamsError(f"{key}.stride: must lie in 1..window ({settings['window']}), got {settings['stride']}")
+
+
+def write_predictions(
+    params: dict[str, Any],
+    name: str,
+    segmenter_dir: Path,
+    index_path: Path,
+    out_path: Path,
+    *,
+    scratch_root: Path = DEFAULT_SCRATCH,
+) -> Path:
+    """Predict every image of `index_path` with variant `retrain.predict.variants.<name>`; write `out_path`."""
+    from wsss_core.data.index import read_index, read_index_sizes
+    from wsss_core.models import resolve_device
+    from wsss_core.segment.infer import InferenceSettings, predict_probabilities
+    from wsss_core.segment.postprocess import postprocess
+
+    variants = params["retrain"]["predict"]["variants"]
+    if name not in variants:
+        raise ParamsError(f"retrain.predict.variants.{name}: no such variant; defined: {', '.join(variants)}")
+    settings = variants[name]
+    check_prediction_settings(name, settings)
+    device = resolve_device(params["retrain"]["device"])
+    network, segmenter_provenance = load_segmenter(segmenter_dir, params["models"]["clip"], device)
+    dataset = read_index(index_path)
+    if list(dataset.class_names) != segmenter_provenance["details"]["class_names"]:
+        raise ArtifactError(f"{index_path}: class names differ from those {segmenter_dir} was trained on")
+    size_of = read_index_sizes(index_path)
+    upstream: dict[str, Path] = {"segmenter": segmenter_dir, "index": index_path}
+    masks_source = None
+    if settings["postprocess"] == "sams":
+        masks_root = Path(settings["sams"]["masks"])
+        masks_source = open_masks(masks_root, name, index_path, dataset.split)
+        upstream["masks"] = masks_root / dataset.split
+    inference = InferenceSettings(
+        scales=tuple(settings["scales"]),
+        flip=settings["flip"],
+        window=settings["window"],
+        stride=settings["stride"],
+        amp=params["retrain"]["amp"],
+    )
+    provenance = make_provenance(
+        "predict",
+        {f"retrain.predict.variants.{name}": settings, "retrain.amp": params["retrain"]["amp"]},
+        upstream=upstream,
+        libraries=("pydensecrf2",) if settings["postprocess"] == "crf" else (),
+        details={"variant": name, "split": dataset.split, "network": segmenter_provenance["details"]["network"]},
+    )
+    image_ids = [sample.image_id for sample in dataset.samples]
+    writer = DenseMapWriter(
+        out_path,
+        kind="labels",
+        image_ids=image_ids,
+        sizes=np.array([size_of[image_id] for image_id in image_ids]),
+        dtype="uint8",
+        class_names=dataset.class_names,
+        provenance=provenance,
+        scratch_root=scratch_root,
+    )
+    crf_options = settings["crf"]
+    pending = writer.pending()
+    for index in progress(pending, f"predict {name}", total=len(pending)):
+        sample = dataset.samples[index]
+        image = read_image(sample.image_path)
+        probabilities = predict_probabilities(network.module, image, network.mean, network.std, inference, device)
+        labels = postprocess(
+            probabilities,
+            settings["postprocess"],
+            image=image,
+            crf_options=crf_options,
+            masks=None if masks_source is None else masks_source(sample.image_id),
+            alpha=settings["sams"]["alpha"],
+        )
+        writer.write(index, labels)
+    return writer.commit()
+
+
+def open_masks(root: Path, name: str, index_path: Path, split: str):
+    """A function image_id -> that image's SAM masks, from the `split` directory of the sam_masks artifact `root`,
+    after checking the masks were computed for exactly these images (same ids and content hashes)."""
+    key = f"retrain.predict.variants.{name}.sams.masks"
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise ArtifactError(
+            f"{key}: {split_dir} not found; sams post-processing needs the sam_masks artifact of the {split!r} "
+            "split (run the sam_masks stage with sam_masks.eval_split: true, or choose postprocess none / crf)"
+        )
+    from wsss_core.masks.records import MaskSet
+
+    masks = MaskSet(split_dir)
+    masks.check_index(index_path)
+    return masks.read
