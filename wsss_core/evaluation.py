@@ -36,7 +36,7 @@ def oracle_background(cams_path: Path, samples: dict, num_classes: int, powers: 
     """The best background power for the argmax rule on `cams_path`, chosen by looking at GT (flagged as such)."""
     import numpy as np
 
-    from wsss_core.cam.clip_es import upsample_cams
+    from wsss_core.cam.resize import upsample_cams
     from wsss_core.metrics.oracle import sweep_background
 
     cams = DenseMaps(cams_path, kind="cams")
@@ -44,7 +44,7 @@ def oracle_background(cams_path: Path, samples: dict, num_classes: int, powers: 
     def items():
         for index, (image_id, maps) in enumerate(cams):
             gt = read_mask(samples[image_id].mask_path)
-            full = maps.astype(np.float32) if maps.shape[-2:] == gt.shape else upsample_cams(maps, gt.shape)
+            full = upsample_cams(maps, gt.shape)
             yield np.clip(full, 0.0, 1.0), cams.classes(index), gt
 
     sweep = sweep_background(items(), num_classes, "power", powers)

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from wsss_core.cam.caa import attention_affinity, caa_refine
 from wsss_core.cam.gradcam import minmax, softmax_gradcam, softmax_gradcam_loop
+from wsss_core.cam.resize import upsample_cams  # noqa: F401 - part of this module's API
 from wsss_core.models.clip import ClipModel, VisualRunner, encode_text, prepare_image
 
 
@@ -132,11 +133,3 @@ class ClipEs:
         if len(views) > 1:
             raw_sum, refined_sum = minmax(raw_sum, (-2, -1)), minmax(refined_sum, (-2, -1))
         return ClipEsCams(class_ids, raw_sum.cpu(), refined_sum.cpu())
-
-
-def upsample_cams(cams: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """CAMs (P, h, w) on the token grid -> (P, H, W) float32 at image size, bilinear (CLIP-ES)."""
-    tensor = torch.as_tensor(np.asarray(cams, dtype=np.float32))
-    if tensor.shape[0] == 0:
-        return np.zeros((0, *size), dtype=np.float32)
-    return F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0].numpy()

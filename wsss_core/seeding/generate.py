@@ -14,10 +14,8 @@ from wsss_core.store.dense import DenseMaps, DenseMapWriter
 from wsss_core.store.table import ArtifactError
 
 
-def make_seeds(cams_path: Path, out_path: Path, name: str, settings: dict[str, Any]) -> Path:
-    """Seeds for every image of `cams_path` with the variant `settings` (a `seeds.variants.<name>` section)."""
-    from wsss_core.cam.clip_es import upsample_cams
-    from wsss_core.data.base import read_image
+def open_cams_with_index(cams_path: Path):
+    """A CAM artifact with the dataset index it was computed from: (cams, index path, dataset, image sizes)."""
     from wsss_core.data.index import read_index, read_index_sizes
 
     cams = DenseMaps(cams_path, kind="cams")
@@ -26,20 +24,16 @@ def make_seeds(cams_path: Path, out_path: Path, name: str, settings: dict[str, A
         raise ArtifactError(f"{cams_path}: provenance names no dataset index")
     index_path = Path(index_record["path"])
     dataset = read_index(index_path)
-    samples = {sample.image_id: sample for sample in dataset.samples}
     size_of = read_index_sizes(index_path)
-    missing = [image_id for image_id in cams.image_ids if image_id not in samples]
+    missing = [image_id for image_id in cams.image_ids if image_id not in size_of]
     if missing:
         raise ArtifactError(f"{cams_path}: image {missing[0]!r} is not in its index {index_path}")
-    crf = settings["crf"]
-    provenance = make_provenance(
-        "seeds",
-        {f"seeds.variants.{name}": settings},
-        upstream={"cams": cams_path, "index": index_path},
-        libraries=("pydensecrf2",) if crf["enabled"] else (),
-        details={"variant": name, "split": dataset.split},
-    )
-    writer = DenseMapWriter(
+    return cams, index_path, dataset, size_of
+
+
+def seed_writer(out_path: Path, cams: DenseMaps, size_of: dict, provenance: dict[str, Any]) -> DenseMapWriter:
+    """The label-map writer of a seed artifact: one image-sized uint8 map per image of `cams`."""
+    return DenseMapWriter(
         out_path,
         kind="labels",
         image_ids=cams.image_ids,
@@ -48,14 +42,31 @@ def make_seeds(cams_path: Path, out_path: Path, name: str, settings: dict[str, A
         class_names=cams.class_names,
         provenance=provenance,
     )
+
+
+def make_seeds(cams_path: Path, out_path: Path, name: str, settings: dict[str, Any]) -> Path:
+    """Seeds for every image of `cams_path` with the variant `settings` (a `seeds.variants.<name>` section)."""
+    from wsss_core.cam.resize import upsample_cams
+    from wsss_core.data.base import read_image
+
+    cams, index_path, dataset, size_of = open_cams_with_index(cams_path)
+    samples = {sample.image_id: sample for sample in dataset.samples}
+    crf = settings["crf"]
+    provenance = make_provenance(
+        "seeds",
+        {f"seeds.variants.{name}": settings},
+        upstream={"cams": cams_path, "index": index_path},
+        libraries=("pydensecrf2",) if crf["enabled"] else (),
+        details={"variant": name, "split": dataset.split},
+    )
+    writer = seed_writer(out_path, cams, size_of, provenance)
     pending = set(writer.pending())
     crf_options = {key: value for key, value in crf.items() if key != "enabled"}
     for index, (image_id, maps) in enumerate(progress(cams, f"seeds {name}", total=len(cams))):
         if index not in pending:
             continue
-        size = size_of[image_id]
-        full = maps.astype(np.float32) if maps.shape[-2:] == size else upsample_cams(maps, size)
-        full = np.clip(full, 0.0, 1.0)  # float16 storage and bilinear resizing may step just outside [0, 1]
+        # float16 storage and bilinear resizing may step just outside [0, 1]
+        full = np.clip(upsample_cams(maps, size_of[image_id]), 0.0, 1.0)
         class_ids = cams.classes(index).tolist()
         bg = background_score(full, settings["background"], settings["background_value"])
         if crf["enabled"]:

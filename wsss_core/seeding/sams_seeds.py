@@ -9,11 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from wsss_core.progress import progress
 from wsss_core.provenance import make_provenance
-from wsss_core.store.dense import DenseMaps, DenseMapWriter
 from wsss_core.store.table import ArtifactError
 
 
@@ -37,34 +34,13 @@ def open_masks_for(index_path: Path, masks_root: Path):
     return masks
 
 
-def to_image_size(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(P, h, w) maps bilinearly resized to (P, H, W) float32 (as cam.clip_es.upsample_cams, without open_clip)."""
-    import torch
-    import torch.nn.functional as F
-
-    maps = np.asarray(maps, dtype=np.float32)
-    if maps.shape[-2:] == tuple(size):
-        return maps
-    if maps.shape[0] == 0:
-        return np.zeros((0, *size), dtype=np.float32)
-    return F.interpolate(torch.from_numpy(maps)[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
-
-
 def make_sams_seeds(cams_path: Path, masks_root: Path, out_path: Path, name: str, settings: dict[str, Any]) -> Path:
     """Seeds of every image of `cams_path` by the SAMS rule with `settings` (a seeds.sams.variants.<name> section)."""
-    from wsss_core.data.index import read_index, read_index_sizes
+    from wsss_core.cam.resize import upsample_cams
+    from wsss_core.seeding.generate import open_cams_with_index, seed_writer
     from wsss_core.seeding.sams import sams_labels
 
-    cams = DenseMaps(cams_path, kind="cams")
-    index_record = cams.provenance.get("upstream", {}).get("index")
-    if index_record is None:
-        raise ArtifactError(f"{cams_path}: provenance names no dataset index")
-    index_path = Path(index_record["path"])
-    dataset = read_index(index_path)
-    size_of = read_index_sizes(index_path)
-    missing = [image_id for image_id in cams.image_ids if image_id not in size_of]
-    if missing:
-        raise ArtifactError(f"{cams_path}: image {missing[0]!r} is not in its index {index_path}")
+    cams, index_path, dataset, size_of = open_cams_with_index(cams_path)
     masks = open_masks_for(index_path, masks_root)
     provenance = make_provenance(
         "seeds",
@@ -72,20 +48,12 @@ def make_sams_seeds(cams_path: Path, masks_root: Path, out_path: Path, name: str
         upstream={"cams": cams_path, "index": index_path, "masks": masks.path},
         details={"variant": name, "split": dataset.split, "method": "sams"},
     )
-    writer = DenseMapWriter(
-        out_path,
-        kind="labels",
-        image_ids=cams.image_ids,
-        sizes=np.array([size_of[image_id] for image_id in cams.image_ids]),
-        dtype="uint8",
-        class_names=cams.class_names,
-        provenance=provenance,
-    )
+    writer = seed_writer(out_path, cams, size_of, provenance)
     pending = set(writer.pending())
     for index, (image_id, maps) in enumerate(progress(cams, f"seeds {name} (SAMS)", total=len(cams))):
         if index not in pending:
             continue
-        full = to_image_size(maps, size_of[image_id])
+        full = upsample_cams(maps, size_of[image_id])
         labels = sams_labels(full, cams.classes(index).tolist(), masks.read(image_id), settings["alpha"])
         writer.write(index, labels)
     return writer.commit()
