@@ -32,6 +32,7 @@ from wsss_core.store.table import ArtifactError
 PROMPT_DESIGNS = ("unified_context", "csc_append_bg_words", "csc_prepend_bg_words", "csc_prepend")
 PROMPTS_FILE = "prompts.safetensors"
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+_HEADER_ALIGNMENT = 8  # safetensors pads its JSON header with spaces to a multiple of 8 bytes
 
 # design -> layout of the prompts that carry words (foreground, and background words where the design keeps them)
 _WORD_LAYOUT = {
@@ -129,7 +130,22 @@ def prompts_bytes(prompts: FmaPrompts, dtype: str = "float16") -> bytes:
         name: context.detach().to("cpu", STORE_DTYPES[dtype]).contiguous()
         for name, context in prompts.contexts().items()
     }
-    return save(tensors, metadata={"design": prompts.design, "n_ctx": str(prompts.n_ctx)})
+    return _canonical_header(save(tensors, metadata={"design": prompts.design, "n_ctx": str(prompts.n_ctx)}))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes `__metadata__` from a Rust HashMap, whose iteration order is randomised per map: with two
+    metadata keys, half of all saves put "n_ctx" before "design". Identical prompts then gave different artifact
+    bytes (and hashes), run to run and within one process. Sorting the keys makes the bytes a function of the
+    tensors and metadata only; readers look entries up by name, and the data offsets are unchanged.
+    """
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    canonical_header = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    canonical_header += b" " * (-len(canonical_header) % _HEADER_ALIGNMENT)  # the padding safetensors writes
+    return len(canonical_header).to_bytes(8, "little") + canonical_header + data[8 + length :]
 
 
 def load_prompts(clip: ClipModel, directory: str | Path) -> FmaPrompts:
