@@ -16,12 +16,34 @@ TINY_CLIP_CFG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
 
+# The demo CLIP in tests: the demo's layout (8-px patches, average pooling), one block, 32x32 images.
+TINY_DEMO_CLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16, "pool_type": "avg"},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+
 
 def small_params() -> dict:
     """The shipped params.yaml with a small dataset and a tiny random CLIP."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["dataset"]["synthetic"].update({"n_train": 6, "n_val": 3, "image_size": [64, 64]})
-    params["models"]["clip"].update({"arch": "tiny", "model_cfg": TINY_CLIP_CFG, "random_init": True})
+    params["models"]["clip"].update(
+        {"arch": "tiny", "pretrained": None, "checkpoint": None, "model_cfg": TINY_CLIP_CFG, "random_init": True}
+    )
+    if "demo" in params:  # the demo CLIP: a few steps of a one-block CLIP on 32x32 images (a 4x4 token grid)
+        params["demo"]["clip"].update(
+            {
+                "device": "cpu",
+                "scenes": 12,
+                "closeups": 6,
+                "steps": 3,
+                "batch_size": 6,
+                "warmup_steps": 1,
+                "checkpoint_every": 2,
+                "model_cfg": TINY_DEMO_CLIP_CFG,
+            }
+        )
     params["cams"].update({"caa_layers": 2, "device": "cpu"})
     if "learn" in params:  # FMA-WSSS prompt learning: 32x32 crops (a 2x2 token grid), a few iterations
         learn = params["learn"]

@@ -51,13 +51,15 @@ PREDICTIONS = ("plain", "crf", "sams")  # retrain.predict.variants of the shippe
 
 def test_repro_is_incremental(dvc_project):
     first = stages_run(dvc(dvc_project, "repro"))
-    assert first[:2] == ["demo_data", "prepare"]
+    assert first.index("demo_data") < first.index("prepare") and first.index("demo_clip") < first.index("cams")
+    assert first[-1] == "demo_report"  # reads every metrics directory, so it runs last
     seeds_and_metrics = ["evaluate@cam", "evaluate@crf", "seeds@cam", "seeds@crf"]
     sams = ["sam_masks", "sams_seeds@sams", "evaluate_sams@sams"]  # the demo's SAMS variant and its masks
     fma = ["learn_classification", "cams_coarse", "sams_seeds@coarse", "evaluate_sams@coarse"]  # FMA-WSSS chain
     fma += ["learn_segmentation", "cams_fine", "sams_seeds@fine", "evaluate_sams@fine"]
     retrain = ["retrain"] + [f"{stage}@{name}" for stage in ("predict", "evaluate_predictions") for name in PREDICTIONS]
-    assert sorted(first[2:]) == sorted(["cams", *seeds_and_metrics, *sams, *fma, *retrain])
+    demo = ["demo_data", "prepare", "demo_clip", "demo_report"]
+    assert sorted(first) == sorted([*demo, "cams", *seeds_and_metrics, *sams, *fma, *retrain])
     assert first.index("seeds@cam") < first.index("retrain") < first.index("predict@plain")
     assert first.index("sams_seeds@coarse") < first.index("learn_segmentation") < first.index("cams_fine")
     assert (dvc_project / "metrics" / "seeds_crf" / "metrics.json").is_file()
@@ -67,17 +69,18 @@ def test_repro_is_incremental(dvc_project):
     params = yaml.safe_load((dvc_project / "params.yaml").read_text())
     params["seeds"]["variants"]["crf"]["crf"]["confidence"] = 0.8
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(dvc(dvc_project, "repro")) == ["seeds@crf", "evaluate@crf"]
+    assert stages_run(dvc(dvc_project, "repro")) == ["seeds@crf", "evaluate@crf", "demo_report"]
 
     params["retrain"]["predict"]["variants"]["crf"]["crf"]["iterations"] = 5  # only that prediction reruns
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(dvc(dvc_project, "repro")) == ["predict@crf", "evaluate_predictions@crf"]
+    assert stages_run(dvc(dvc_project, "repro")) == ["predict@crf", "evaluate_predictions@crf", "demo_report"]
 
     params["cams"]["box_threshold"] = 0.5
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = stages_run(dvc(dvc_project, "repro"))
-    assert rerun[0] == "cams" and "prepare" not in rerun and "demo_data" not in rerun
+    assert rerun[0] == "cams" and "prepare" not in rerun and "demo_data" not in rerun and "demo_clip" not in rerun
 
     params["learn"]["fine_cams"]["box_threshold"] = 0.6  # only the end of the FMA-WSSS chain reruns
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(dvc(dvc_project, "repro")) == ["cams_fine", "sams_seeds@fine", "evaluate_sams@fine"]
+    rerun = stages_run(dvc(dvc_project, "repro"))
+    assert rerun == ["cams_fine", "sams_seeds@fine", "evaluate_sams@fine", "demo_report"]

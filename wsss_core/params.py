@@ -436,8 +436,47 @@ LEARN: Schema = {
 }
 
 
+# The demo's own small CLIP (open_clip's classes): 8-px patches at 64 px, average-pooled patch tokens (the embedding
+# CLIP-ES explains). Trained at 64 px and run on the demo's 128-px images through the interpolated positional embedding.
+DEMO_CLIP_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 128, "layers": 2, "head_width": 32, "pool_type": "avg"},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
+}
+
+DEMO: Schema = {
+    "clip": {
+        "seed": Spec(int, 0, "seed of the initial weights and of every batch", min=0),
+        "device": Spec(str, "auto", "training device: auto (CUDA when present), cpu, cuda, cuda:N"),
+        "scenes": Spec(int, 4000, "pretraining scenes rendered (a separate draw of the demo generator)", min=0),
+        "closeups": Spec(int, 2000, "pretraining close-ups of single objects", min=0),
+        "closeup_fraction": Spec(float, 0.5, "share of close-ups in each batch", min=0.0, max=1.0),
+        "steps": Spec(int, 2000, "optimizer steps", min=1),
+        "batch_size": Spec(int, 32, "image-caption pairs per step", min=2),
+        "lr": Spec(float, 0.001, "AdamW peak learning rate (warm-up, then cosine to 0)", min=0.0),
+        "warmup_steps": Spec(int, 50, "linear learning-rate warm-up", min=0),
+        "weight_decay": Spec(float, 0.1, "AdamW weight decay (not on gains, biases, the logit scale)", min=0.0),
+        "logit_scale_start": Spec(
+            float, 14.285714, "first logit scale (CLIP's 1/0.07); it rises log-linearly to 100", min=1.0, max=100.0
+        ),
+        "checkpoint_every": Spec(int, 100, "steps between resumable checkpoints", min=1),
+        "model_cfg": Spec(dict, DEMO_CLIP_CFG, "open_clip config (embed_dim, vision_cfg, text_cfg) of the demo CLIP"),
+    },
+    "report": {
+        "images": Spec(int, 3, "images per split in reports/demo.png", min=1, max=16),
+        "artifacts": Spec(
+            list,
+            None,
+            "evaluated artifacts (metrics/<name>) in the report; null: all, in pipeline order",
+            item=str,
+            nullable=True,
+        ),
+    },
+}
+
 SECTIONS: dict[str, Schema] = {
     "dataset": DATASET,
+    "demo": DEMO,
     "models": MODELS,
     "sam_masks": SAM_MASKS,
     "cams": CAMS,

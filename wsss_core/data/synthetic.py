@@ -15,6 +15,7 @@ from __future__ import annotations
 import colorsys
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -194,6 +195,43 @@ def _render(
         box = (int(cols.min()) + 1, int(rows.min()) + 1, int(cols.max()) + 1, int(rows.max()) + 1)
         boxes.append((class_index, box))
     return image, mask, boxes
+
+
+def render_scene(
+    seed: Sequence[int], image_size: tuple[int, int], first_class: int, min_objects: int, max_objects: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One scene drawn like the dataset's, from its own seed sequence: RGB uint8 image and its class mask.
+
+    For images outside the dataset (e.g. pretraining a demo CLIP, whose captions name the classes in view). The mask
+    holds class ids with 255 along the outlines, as the dataset's; `first_class` (1..6) is the first object's class.
+    """
+    rng = np.random.default_rng(list(seed))
+    image, mask, _ = _render(rng, tuple(image_size), first_class, min_objects, max_objects)
+    return image, mask
+
+
+def render_closeup(seed: Sequence[int], image_size: tuple[int, int], class_index: int) -> np.ndarray:
+    """A close-up: one object of `class_index` (1..6) filling most of the frame, on a background like the dataset's.
+
+    Same shapes, textures and backgrounds as the scenes, seen from nearer (circumradius 30-45% of the short side,
+    centre near the middle): the RGB uint8 image of a "photo of a striped square".
+    """
+    if not 1 <= class_index < len(SYNTHETIC_CLASSES):
+        raise ValueError(f"class_index must lie in 1..{len(SYNTHETIC_CLASSES) - 1}, got {class_index}")
+    rng = np.random.default_rng(list(seed))
+    height, width = (int(side) for side in image_size)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = _background(rng, yy, xx)
+    short = min(height, width)
+    radius = rng.uniform(0.3, 0.45) * short
+    cx = width / 2 + rng.uniform(-0.15, 0.15) * short
+    cy = height / 2 + rng.uniform(-0.15, 0.15) * short
+    name = SYNTHETIC_CLASSES[class_index]
+    shape = _shape(name, (height, width), cx, cy, radius, rng.uniform(0, 2 * math.pi))
+    texture = _texture(SYNTHETIC_TEXTURES[name], rng, yy, xx)
+    image[shape] = texture[shape]
+    image += rng.normal(0, 3, size=image.shape)  # sensor noise, as in the scenes
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def _annotation_xml(image_id: str, size: tuple[int, int], boxes: list[tuple[int, tuple[int, int, int, int]]]) -> str:
