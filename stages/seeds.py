@@ -24,7 +24,9 @@ def main(
 
         variants = params["seeds"]["variants"]
         if name not in variants:
-            raise ParamsError(f"seeds.variants.{name}: no such variant; defined: {', '.join(variants)}")
+            sams = params["seeds"].get("sams", {}).get("variants", {})
+            hint = f" ({name} is a SAMS variant: run stages/sams_seeds.py {name})" if name in sams else ""
+            raise ParamsError(f"seeds.variants.{name}: no such variant; defined: {', '.join(variants)}{hint}")
         settings = variants[name]
         make_seeds(artifacts / f"{settings['cams']}.zarr", artifacts / f"seeds_{name}.zarr", name, settings)
 

@@ -38,6 +38,7 @@ def small_project_params() -> dict:
     from tests.conftest import small_params
 
     params = small_params()  # a 4-update schedule, a narrow WeCLIP head
+    params["retrain"]["seeds"] = "crf"  # the seeds the module's project builds (the demo trains on FMA's fine seeds)
     params["retrain"]["deeplabv3plus"].update(blocks=[1, 1, 1, 1], output_stride=16)
     params["retrain"]["weaktr"]["encoder_cfg"] = {"embed_dim": 32, "depth": 2, "num_heads": 2}
     for variant in params["retrain"]["predict"]["variants"].values():

@@ -144,7 +144,9 @@ def test_bad_params_stop_every_stage_with_the_key(project):
 def test_unknown_seed_variant_is_named(project):
     result = invoke("seeds", "sams")
     assert result.exit_code == 1
-    assert "seeds.variants.sams: no such variant; defined: cam, caa, crf" in result.output
+    assert "seeds.variants.sams: no such variant; defined: cam, caa, crf (sams is a SAMS variant: run " in result.output
+    result = invoke("seeds", "nothing")
+    assert result.exit_code == 1 and result.output.strip().endswith("defined: cam, caa, crf")
 
 
 def test_seeds_refuse_cams_without_their_index(project):
