@@ -4,8 +4,8 @@ No CLIP weights can be downloaded on a fresh machine, and the CAMs of random wei
 trains its own CLIP, of open_clip's own architecture and with open_clip's own loss (`ClipLoss`), the way CLIP was
 trained: images paired with captions, contrastively. The images are a separate draw of the demo generator, never the
 dataset's: scenes like the dataset's (caption: every class present, "a photo of a star and a disc.") and close-ups of
-single objects ("a photo of a star."), which teach the textures and shapes far faster than scenes alone. Captions
-come from image-level labels only; no mask is ever used.
+single objects ("a photo of a star."), which teach the textures and shapes far faster than scenes alone. A caption
+names the classes its render contains (image-level labels); no mask is ever trained on.
 
 What makes Grad-CAM on the result localise (the CLIP-ES CAM reads the mean of the projected patch tokens and scores
 it at logit scale 100):
