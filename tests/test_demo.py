@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import TINY_DEMO_CLIP_CFG
-from tests.test_stages import Killed, invoke, run_ok
+from tests.test_stages import Killed, invoke, run_ok, run_to_seed_metrics
 from wsss_core.data.synthetic import SYNTHETIC_CLASSES, render_closeup, render_scene
 from wsss_core.demo import pretrain
 from wsss_core.demo.pretrain import (
@@ -238,12 +238,7 @@ def test_bad_demo_clip_settings_name_the_key(project):
 
 
 def test_report_lists_every_evaluated_artifact_and_draws_its_panels(project):
-    run_ok("demo_data")
-    run_ok("prepare")
-    run_ok("cams")
-    for variant in ("cam", "crf"):
-        run_ok("seeds", variant)
-        run_ok("evaluate", f"seeds_{variant}")
+    run_to_seed_metrics()
     edit_params(lambda p: p["demo"]["report"].update({"images": 2}))
     run_ok("demo_report")
 

@@ -39,13 +39,17 @@ def run_ok(name: str, *args: str):
     return result
 
 
-def test_pipeline_from_data_to_metrics(project):
-    run_ok("demo_data")
-    run_ok("prepare")
-    run_ok("cams")
-    for variant in ("cam", "crf"):
+def run_to_seed_metrics(variants: tuple[str, ...] = ("cam", "crf")) -> None:
+    """In the working directory: data, index, CAMs, then each seed variant and its metrics."""
+    for stage in ("demo_data", "prepare", "cams"):
+        run_ok(stage)
+    for variant in variants:
         run_ok("seeds", variant)
         run_ok("evaluate", f"seeds_{variant}")
+
+
+def test_pipeline_from_data_to_metrics(project):
+    run_to_seed_metrics()
 
     cams = DenseMaps(project / "artifacts" / "cams_caa.zarr", kind="cams")
     assert len(cams) == 6
