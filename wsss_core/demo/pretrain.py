@@ -144,31 +144,27 @@ def logit_scale(step: int, steps: int, start: float, end: float) -> float:
     return math.exp(math.log(start) + fraction * (math.log(end) - math.log(start)))
 
 
-def _check_settings(settings: dict[str, Any], image_size: tuple[int, int]) -> dict[str, Any]:
+def _check_settings(settings: dict[str, Any]) -> tuple[int, int]:
+    """Refuse settings that cannot train a CLIP the CAM stages can explain; return the pretraining image size."""
     cfg = settings["model_cfg"]
     missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in cfg]
     if missing:
         raise ParamsError(f"demo.clip.model_cfg: lacks {missing[0]} (needs embed_dim, vision_cfg, text_cfg)")
     vision = cfg["vision_cfg"]
-    size = vision.get("image_size")
-    if size is None or tuple(np.broadcast_to(np.asarray(size), 2).tolist()) != tuple(image_size):
-        raise ParamsError(
-            f"demo.clip.model_cfg.vision_cfg.image_size: {size!r} must be the pretraining size {image_size}"
-        )
+    if vision.get("image_size") is None:
+        raise ParamsError("demo.clip.model_cfg.vision_cfg.image_size: missing (the pretraining image size)")
     if vision.get("pool_type", "tok") != "avg":
         # CLIP-ES scores the mean of the projected patch tokens; open_clip's average pooling trains that very embedding
         raise ParamsError(
             f"demo.clip.model_cfg.vision_cfg.pool_type: {vision.get('pool_type', 'tok')!r} must be 'avg' (the CAMs "
             "score the mean of the patch tokens, so the demo CLIP is trained on that embedding)"
         )
-    if settings["scenes"] + settings["closeups"] < settings["batch_size"]:
+    if settings["scenes"] + settings["closeups"] < settings["batch_size"]:  # batch_size >= 2: also catches no images
         raise ParamsError(
             f"demo.clip.batch_size: {settings['batch_size']} is more than the {settings['scenes']} scenes and "
             f"{settings['closeups']} close-ups rendered"
         )
-    if settings["scenes"] == 0 and settings["closeups"] == 0:
-        raise ParamsError("demo.clip: scenes and closeups are both 0; nothing to train on")
-    return cfg
+    return tuple(np.broadcast_to(np.asarray(vision["image_size"]), 2).tolist())
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -229,8 +225,7 @@ def pretrain_demo_clip(
     from wsss_core.models.clip import load_clip
 
     cfg = settings["model_cfg"]
-    image_size = tuple(np.broadcast_to(np.asarray(cfg.get("vision_cfg", {}).get("image_size", 0)), 2).tolist())
-    _check_settings(settings, image_size)
+    image_size = _check_settings(settings)
     import open_clip  # after load_clip's module has made torchvision importable
 
     clip = load_clip("demo-clip", model_cfg=cfg, random_init=True, seed=settings["seed"], device=device)
