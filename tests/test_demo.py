@@ -24,6 +24,7 @@ from wsss_core.demo.pretrain import (
     learning_rate,
     logit_scale,
 )
+from wsss_core.demo.report import all_background_miou
 from wsss_core.hashing import sha256_file
 from wsss_core.models.checkpoints import CheckpointError
 
@@ -237,6 +238,14 @@ def test_bad_demo_clip_settings_name_the_key(project):
 # ---------------------------------------------------------------------------------------- the demo_report stage
 
 
+def test_all_background_baseline_by_hand():
+    # 60 background pixels of 100 labelled; 3 classes in the GT (the one with 0 pixels does not count):
+    # background IoU 0.6, the others 0 -> mIoU 0.2
+    rows = [{"class": name, "gt_pixels": str(n)} for name, n in [("bg", 60), ("a", 30), ("b", 10), ("c", 0)]]
+    assert all_background_miou(rows) == pytest.approx(0.2)
+    assert all_background_miou([]) is None
+
+
 def test_report_lists_every_evaluated_artifact_and_draws_its_panels(project):
     run_to_seed_metrics()
     edit_params(lambda p: p["demo"]["report"].update({"images": 2}))
@@ -254,6 +263,16 @@ def test_report_lists_every_evaluated_artifact_and_draws_its_panels(project):
     assert "WITH the ground truth" in oracle and f"{100 * cam['oracle']['best_miou']:.1f}" in oracle
     assert "random weights (seed 0)" in text  # the tiny test CLIP is random, and the report says so
 
+    per_class = Path("metrics/seeds_cam/per_class.csv").read_text().splitlines()
+    pixels = [int(line.split(",")[-2]) for line in per_class[1:]]
+    baseline = 100 * pixels[0] / sum(pixels) / sum(n > 0 for n in pixels)
+    assert f"All-background baseline (mIoU of calling every pixel background): train {baseline:.1f}." in text
+    class_table = text.split("## IoU per class (%)")[1]
+    assert "| artifact | split | " + " | ".join(SYNTHETIC_CLASSES) + " |" in class_table
+    cam_ious = [line.split(",")[1] for line in per_class[1:]]
+    expected = ["-" if not iou else f"{100 * float(iou):.1f}" for iou in cam_ious]
+    assert "| `seeds_cam` | train | " + " | ".join(expected) + " |" in class_table
+
     picture = Image.open("reports/demo.png")
     # columns: image, GT, cams_raw, cams_caa, seeds_cam, seeds_crf at 1.25 in x 100 dpi; two rows of 1.55 in
     assert picture.size == (6 * 125, 2 * 155)
@@ -265,6 +284,10 @@ def test_report_lists_every_evaluated_artifact_and_draws_its_panels(project):
     result = invoke("demo_report")
     assert result.exit_code == 1
     assert "demo.report.artifacts: 'seeds_sams' was not evaluated; found: seeds_cam, seeds_crf" in result.output
+
+    Path("metrics/seeds_crf/per_class.csv").write_text("class,iou\nbackground,0.5\n")
+    result = invoke("demo_report")
+    assert result.exit_code == 1 and "metrics/seeds_crf/per_class.csv: no 'gt_pixels' column" in result.output
 
 
 def test_report_without_evaluations_says_what_to_run(project):

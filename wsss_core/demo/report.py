@@ -1,9 +1,10 @@
 """The demo report: one table of every evaluated artifact and one picture of a few images through the pipeline.
 
 `reports/demo.md` lists each `metrics/<name>/` directory the evaluate stages wrote (seeds on the training split,
-predictions on the eval split) with mIoU, precision, recall and coverage, then, apart, the oracle figures whose
-background was chosen by looking at GT, and which CLIP weights the CAMs came from. `reports/demo.png` shows, for the
-first images of each split: the image, its GT, the CAMs behind the evaluated seeds, and every evaluated label map.
+predictions on the eval split) with mIoU, precision, recall and coverage; the all-background baseline of each split;
+the IoU of every class; then, apart, the oracle figures whose background was chosen by looking at GT, and which CLIP
+weights the CAMs came from. `reports/demo.png` shows, for the first images of each split: the image, its GT, the
+CAMs behind the evaluated seeds, and every evaluated label map.
 
 Nothing is hard-wired to particular stages: the rows and the panels come from the metrics directories present (and
 their provenance), so a stage added later (SAMS seeds, a retrained segmenter) appears without a change here.
@@ -12,6 +13,7 @@ Both files are byte-identical for identical inputs (no timestamps, no software s
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from wsss_core.store.dense import DenseMaps
 from wsss_core.store.table import ArtifactError
 
 METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class.csv"
 PANEL_INCHES = 1.25
 CAM_OPACITY = 0.55  # heat map over the image: enough to read both
 
@@ -45,6 +48,7 @@ class EvaluatedArtifact:
     index: Path
     cams: Path | None
     split: str
+    per_class: list[dict[str, str]]  # rows of per_class.csv (class, iou, ..., gt_pixels); empty when absent
 
 
 def pipeline_order(params: dict[str, Any]) -> list[str]:
@@ -79,13 +83,57 @@ def find_evaluated(metrics_root: str | Path, order: Sequence[str] = ()) -> list[
             index=Path(upstream["index"]["path"]),
             cams=Path(cams["path"]) if cams else None,
             split=provenance.get("details", {}).get("split", "?"),
+            per_class=_read_per_class(directory / PER_CLASS_FILE),
         )
     ranked = [name for name in order if name in found] + sorted(set(found) - set(order))
     return [found[name] for name in ranked]
 
 
+def _read_per_class(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in ("class", "iou", "gt_pixels") if column not in (reader.fieldnames or ())]
+        if missing:
+            raise ArtifactError(f"{path}: no {missing[0]!r} column")
+        return list(reader)
+
+
+def all_background_miou(per_class: Sequence[dict[str, str]]) -> float | None:
+    """mIoU of predicting background (the first class) everywhere, from the GT pixel counts of a per-class table.
+
+    Its background IoU is the background's share of the labelled pixels and every other class scores 0, averaged
+    over the classes the GT holds: the figure any method has to beat, and a yardstick for "far above chance".
+    """
+    counts = [int(row["gt_pixels"]) for row in per_class]
+    if not counts or sum(counts) == 0:
+        return None
+    return counts[0] / sum(counts) / sum(count > 0 for count in counts)
+
+
 def _percent(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _per_class_lines(results: Sequence[EvaluatedArtifact]) -> list[str]:
+    """IoU per class, one row per artifact: shows which classes a step helps, which a mean hides."""
+    tabled = [result for result in results if result.per_class]
+    if not tabled:
+        return []
+    classes = [row["class"] for row in tabled[0].per_class]
+    lines = [
+        "",
+        "## IoU per class (%)",
+        "",
+        "| artifact | split | " + " | ".join(classes) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in classes) + " |",
+    ]
+    for result in tabled:
+        iou = {row["class"]: row["iou"] for row in result.per_class}
+        cells = [_percent(float(iou[name])) if iou.get(name) else "-" for name in classes]
+        lines.append(f"| `{result.name}` | {result.split} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _clip_description(results: Sequence[EvaluatedArtifact]) -> list[str]:
@@ -130,6 +178,14 @@ def metrics_markdown(results: Sequence[EvaluatedArtifact], picture: str | None =
             _percent(metrics.get("coverage")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    baselines = {}
+    for result in results:
+        if result.split not in baselines and result.per_class:
+            baselines[result.split] = all_background_miou(result.per_class)
+    known = [f"{split} {_percent(value)}" for split, value in baselines.items() if value is not None]
+    if known:
+        lines += ["", f"All-background baseline (mIoU of calling every pixel background): {', '.join(known)}."]
+    lines += _per_class_lines(results)
     oracles = [result for result in results if result.metrics.get("oracle")]
     if oracles:
         lines += [
