@@ -27,13 +27,12 @@ from wsss_core.audit import PROVENANCE_FILE, read_provenance
 from wsss_core.data.base import IGNORE_INDEX, read_image, read_mask
 from wsss_core.data.index import read_index
 from wsss_core.data.voc import voc_palette
+from wsss_core.metrics.report import METRICS_FILE, PER_CLASS_FILE
 from wsss_core.params import ParamsError
 from wsss_core.store.atomic import atomic_file
 from wsss_core.store.dense import DenseMaps
 from wsss_core.store.table import ArtifactError
 
-METRICS_FILE = "metrics.json"
-PER_CLASS_FILE = "per_class.csv"
 PANEL_INCHES = 1.25
 CAM_OPACITY = 0.55  # heat map over the image: enough to read both
 

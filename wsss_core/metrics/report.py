@@ -26,6 +26,8 @@ SUMMARY_KEYS = (
     "fp_over_tp",
     "num_classes_in_gt",
 )
+METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class.csv"
 PER_CLASS_COLUMNS = ("class", "iou", "precision", "recall", "fp_over_tp", "gt_pixels", "pred_pixels")
 DECIMALS = 6
 # Above this many classes the heatmap cells get too small to print numbers in.
@@ -140,10 +142,10 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(
-        out_dir / "metrics.json", lambda path: path.write_text(metrics_text, encoding="utf-8", newline="\n")
+        out_dir / METRICS_FILE, lambda path: path.write_text(metrics_text, encoding="utf-8", newline="\n")
     )
     _write_atomically(
-        out_dir / "per_class.csv", lambda path: path.write_text(per_class_text, encoding="utf-8", newline="\n")
+        out_dir / PER_CLASS_FILE, lambda path: path.write_text(per_class_text, encoding="utf-8", newline="\n")
     )
     _write_atomically(
         out_dir / "confusion.png", lambda path: _save_confusion_png(path, np.asarray(matrix), class_names, title)
