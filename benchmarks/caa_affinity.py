@@ -50,6 +50,10 @@ def main() -> None:
     runner = VisualRunner(clip)
     layers, caa_layers, patch = runner.num_layers, cams["caa_layers"], clip.patch_size
 
+    def affinity(blocks: list[torch.Tensor]) -> np.ndarray:
+        stacked = torch.stack(blocks)
+        return attention_affinity(stacked, rounds=cams["sinkhorn_rounds"], power=cams["affinity_power"]).numpy()
+
     shares: dict[str, list[float]] = {}
     for sample in read_index(f"artifacts/index/{args.split}.parquet").samples[: args.images]:
         pixels = prepare_image(clip, read_image(sample.image_path))
@@ -57,33 +61,25 @@ def main() -> None:
             trace = runner.forward(pixels, capture_layers=range(-layers, 0))
         height, width = trace.grid
         mask = read_mask(sample.mask_path)
-        centres_y = np.minimum(
-            (np.arange(height) * patch + patch // 2) * mask.shape[0] // pixels.shape[-2], mask.shape[0] - 1
-        )
-        centres_x = np.minimum(
-            (np.arange(width) * patch + patch // 2) * mask.shape[1] // pixels.shape[-1], mask.shape[1] - 1
-        )
-        labels = mask[np.ix_(centres_y, centres_x)].reshape(-1).astype(np.int64)
+        # The GT pixel under each patch centre (the image was resized to a multiple of the patch size).
+        centres = [
+            np.minimum((np.arange(cells) * patch + patch // 2) * side // resized, side - 1)
+            for cells, side, resized in zip(trace.grid, mask.shape, pixels.shape[-2:], strict=True)
+        ]
+        labels = mask[np.ix_(*centres)].reshape(-1).astype(np.int64)
         labels[labels == 255] = -1  # outline patches count as their own class, matching nothing
         if not (labels > 0).any():
             continue
 
         attentions = [trace.blocks[index].attention[0].float() for index in range(layers)]
-        affinities = {
-            f"block {index + 1}": attention_affinity(
-                attentions[index][None], rounds=cams["sinkhorn_rounds"], power=cams["affinity_power"]
-            )
-            for index in range(layers)
-        }
-        affinities[f"CAA (last {caa_layers})"] = attention_affinity(
-            torch.stack(attentions[-caa_layers:]), rounds=cams["sinkhorn_rounds"], power=cams["affinity_power"]
-        )
+
+        affinities = {f"block {index + 1}": affinity([attentions[index]]) for index in range(layers)}
+        affinities[f"CAA (last {caa_layers})"] = affinity(attentions[-caa_layers:])
         rows, cols = np.divmod(np.arange(height * width), width)
         distance2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
         affinities["spatial blur (sigma 1.5 patches)"] = np.exp(-distance2 / (2 * 1.5**2))
         affinities["uniform (chance)"] = np.ones((height * width, height * width))
-        for name, affinity in affinities.items():
-            matrix = affinity.numpy() if isinstance(affinity, torch.Tensor) else affinity
+        for name, matrix in affinities.items():
             shares.setdefault(name, []).append(same_class_share(matrix, labels))
 
     print(f"share of an object patch's affinity on its own class ({len(shares['uniform (chance)'])} images):")
