@@ -451,7 +451,7 @@ DEMO: Schema = {
         "scenes": Spec(int, 4000, "pretraining scenes rendered (a separate draw of the demo generator)", min=0),
         "closeups": Spec(int, 2000, "pretraining close-ups of single objects", min=0),
         "closeup_fraction": Spec(float, 0.5, "share of close-ups in each batch", min=0.0, max=1.0),
-        "steps": Spec(int, 2000, "optimizer steps", min=1),
+        "steps": Spec(int, 3000, "optimizer steps", min=1),
         "batch_size": Spec(int, 32, "image-caption pairs per step", min=2),
         "lr": Spec(float, 0.001, "AdamW peak learning rate (warm-up, then cosine to 0)", min=0.0),
         "warmup_steps": Spec(int, 50, "linear learning-rate warm-up", min=0),
