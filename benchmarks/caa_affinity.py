@@ -1,16 +1,18 @@
 """How semantic is the attention CAA propagates CAMs along? A diagnostic of a CLIP on a dataset with GT masks.
 
-CAA (CLIP-ES) spreads each CAM along an affinity built from the attention of the last `cams.caa_layers` blocks.
-It can only help if a patch's affinity falls mostly on patches of its own object. For every image this script
-labels each patch by the GT class at its centre and prints, averaged over the object patches of the first
---images images, the share of each patch's affinity row that lands on patches of the same class:
+CAA (CLIP-ES) spreads each CAM along an affinity built from the attention of the last `cams.caa_layers` blocks
+(or, with `cams.affinity_source: features`, from their token similarity). It can only help if a patch's affinity
+falls mostly on patches of its own object. For every image this script labels each patch by the GT class at its
+centre and prints, averaged over the object patches of the first --images images, the share of each patch's
+affinity row that lands on patches of the same class:
   - for each block's attention alone, and for the last `caa_layers` blocks as CAA uses them;
+  - for the feature affinity of the same blocks (`cams.feature_power`);
   - for a plain spatial blur (a Gaussian of one and a half patches), the baseline an affinity must beat;
   - for a uniform affinity (every patch alike): the share of the image the class covers, i.e. chance.
 
     .venv/bin/python benchmarks/caa_affinity.py [--params params.yaml] [--split train] [--images 30]
 
-Reads `models.clip`, `cams.caa_layers`, `cams.sinkhorn_rounds` and `cams.affinity_power` from the params file and
+Reads `models.clip` and the CAA settings of `cams` from the params file and
 the dataset index `artifacts/index/<split>.parquet` (run `dvc repro prepare demo_clip` first).
 """
 
@@ -31,7 +33,8 @@ def same_class_share(affinity: np.ndarray, patch_labels: np.ndarray) -> float:
 
 
 def main() -> None:
-    from wsss_core.cam.caa import attention_affinity
+    from wsss_core.cam.caa import attention_affinity, trace_affinity
+    from wsss_core.cam.clip_es import ClipEsSettings
     from wsss_core.cam.generate import load_clip_from_params
     from wsss_core.data.base import read_image, read_mask
     from wsss_core.data.index import read_index
@@ -49,6 +52,12 @@ def main() -> None:
     clip = load_clip_from_params(params["models"]["clip"], "cpu")
     runner = VisualRunner(clip)
     layers, caa_layers, patch = runner.num_layers, cams["caa_layers"], clip.patch_size
+    by_features = ClipEsSettings(
+        affinity_source="features",
+        sinkhorn_rounds=cams["sinkhorn_rounds"],
+        affinity_power=cams["affinity_power"],
+        feature_power=cams["feature_power"],
+    )
 
     def affinity(blocks: list[torch.Tensor]) -> np.ndarray:
         stacked = torch.stack(blocks)
@@ -74,7 +83,10 @@ def main() -> None:
         attentions = [trace.blocks[index].attention[0].float() for index in range(layers)]
 
         affinities = {f"block {index + 1}": affinity([attentions[index]]) for index in range(layers)}
-        affinities[f"CAA (last {caa_layers})"] = affinity(attentions[-caa_layers:])
+        affinities[f"CAA attention (last {caa_layers})"] = affinity(attentions[-caa_layers:])
+        affinities[f"CAA features (last {caa_layers})"] = trace_affinity(
+            [trace.blocks[index] for index in range(layers - caa_layers, layers)], by_features
+        ).numpy()
         rows, cols = np.divmod(np.arange(height * width), width)
         distance2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
         affinities["spatial blur (sigma 1.5 patches)"] = np.exp(-distance2 / (2 * 1.5**2))

@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from wsss_core.cam.caa import attention_affinity, box_mask, caa_refine, sinkhorn_normalize
+from wsss_core.cam.caa import attention_affinity, box_mask, caa_refine, feature_affinity, sinkhorn_normalize
 from wsss_core.cam.gradcam import minmax
 
 
@@ -168,6 +168,60 @@ def test_attention_affinity_rejects_bad_shapes():
         attention_affinity(torch.rand(4, 4))
     with pytest.raises(ValueError, match="square"):
         attention_affinity(torch.rand(2, 4, 5))
+
+
+def two_layer_tokens() -> torch.Tensor:
+    """(2 layers, CLS + 3 patches, 2 channels). Layer 1: cos(p1, p2) = 1/sqrt 2, cos(p1, p3) = -1, cos(p2, p3) =
+    -1/sqrt 2. Layer 2: p1 and p3 parallel, p2 orthogonal to both. The CLS token points anywhere."""
+    layer_1 = torch.tensor([[5.0, -3.0], [1.0, 0.0], [2.0, 2.0], [-1.0, 0.0]])
+    layer_2 = torch.tensor([[-2.0, 9.0], [3.0, 0.0], [0.0, 1.0], [0.5, 0.0]])
+    return torch.stack([layer_1, layer_2])
+
+
+def test_feature_affinity_by_hand():
+    # Mean over layers of max(cos, 0): (1,2) (1/sqrt 2 + 0) / 2, (1,3) (0 + 1) / 2, (2,3) 0; squared (beta 2).
+    # No Sinkhorn round and power 1 leave the symmetric similarity as it is.
+    expected = torch.tensor([[1.0, 1 / 8, 1 / 4], [1 / 8, 1.0, 0.0], [1 / 4, 0.0, 1.0]])
+    affinity = feature_affinity(two_layer_tokens(), rounds=0, power=1, beta=2.0)
+    torch.testing.assert_close(affinity, expected)
+
+
+def test_feature_affinity_goes_through_the_attention_pipeline():
+    tokens = two_layer_tokens()
+    similarity = torch.tensor([[1.0, 1 / 8, 1 / 4], [1 / 8, 1.0, 0.0], [1 / 4, 0.0, 1.0]])
+    as_attention = torch.ones(1, 4, 4)
+    as_attention[0, 1:, 1:] = similarity
+    torch.testing.assert_close(
+        feature_affinity(tokens, rounds=3, power=2, beta=2.0), attention_affinity(as_attention, rounds=3, power=2)
+    )
+    # Cosine similarity ignores token norms; CLS takes no part.
+    rescaled = tokens * torch.tensor([7.0, 0.5, 3.0, 2.0]).view(1, 4, 1)
+    rescaled[:, 0] = torch.tensor([0.0, -4.0])
+    torch.testing.assert_close(feature_affinity(rescaled, beta=2.0), feature_affinity(tokens, beta=2.0))
+
+
+def test_feature_affinity_keeps_groups_apart_and_beta_sharpens():
+    # Two groups of patch tokens in orthogonal directions, with a little spread inside each group.
+    generator = torch.Generator().manual_seed(0)
+    group_a = torch.tensor([1.0, 0.0, 0.0, 0.0]) + 0.3 * torch.rand(3, 4, generator=generator)
+    group_b = torch.tensor([0.0, 0.0, 1.0, 0.0]) + 0.3 * torch.rand(3, 4, generator=generator)
+    group_a[:, 2:] = 0  # exactly orthogonal to group b
+    group_b[:, :2] = 0
+    tokens = torch.cat([torch.ones(1, 4), group_a, group_b])[None]
+    affinity = feature_affinity(tokens, rounds=3, power=2, beta=8.0)
+    assert torch.count_nonzero(affinity[:3, 3:]) == 0 and torch.count_nonzero(affinity[3:, :3]) == 0
+    # A larger beta moves more of a row's weight onto the patch itself.
+    soft = feature_affinity(tokens, rounds=0, power=1, beta=1.0)
+    sharp = feature_affinity(tokens, rounds=0, power=1, beta=8.0)
+    soft_rows, sharp_rows = soft / soft.sum(1, keepdim=True), sharp / sharp.sum(1, keepdim=True)
+    assert (sharp_rows.diagonal() > soft_rows.diagonal()).all()
+
+
+def test_feature_affinity_rejects_bad_input():
+    with pytest.raises(ValueError, match="shape"):
+        feature_affinity(torch.rand(4, 3))
+    with pytest.raises(ValueError, match="beta"):
+        feature_affinity(torch.rand(1, 4, 3), beta=0.0)
 
 
 # ---- refinement ----

@@ -71,6 +71,16 @@ def test_multi_scale_and_flip_are_fused_on_the_base_grid(clip, image):
     assert not torch.allclose(fused.raw, single.raw)
 
 
+def test_feature_affinity_source_changes_only_the_refined_cams(clip, image):
+    by_attention = generator(clip)(image, [1, 3])
+    by_features = generator(clip, affinity_source="features")(image, [1, 3])
+    assert torch.equal(by_features.raw, by_attention.raw)
+    assert not torch.allclose(by_features.refined, by_attention.refined)
+    assert by_features.refined.min() >= 0 and by_features.refined.max() <= 1
+    with pytest.raises(ValueError, match="affinity_source must be one of .* got 'keys'"):
+        ClipEsSettings(affinity_source="keys")
+
+
 def test_no_classes_and_bad_classes(clip, image):
     empty = generator(clip)(image, [])
     assert empty.raw.shape == (0, 3, 5)

@@ -200,6 +200,12 @@ def test_learned_cams_of_one_image(clip):
     torch.testing.assert_close(results["none"].refined, results["none"].raw)
     torch.testing.assert_close(results["score"].raw, results["cam"].raw)  # same Grad-CAM, refined differently
     assert not torch.allclose(results["score"].refined, results["none"].refined)
+    by_features = LearnedCamSettings(caa_layers=2, box_threshold=0.5, refine="score", affinity_source="features")
+    features = LearnedPromptCams(clip, prompts, by_features)(image, [2, 1])
+    torch.testing.assert_close(features.raw, results["score"].raw)
+    assert not torch.allclose(features.refined, results["score"].refined)
+    with pytest.raises(ValueError, match="affinity_source must be one of"):
+        LearnedCamSettings(affinity_source="keys")
     with pytest.raises(ValueError, match=r"class ids \[3\] are outside 1..2"):
         LearnedPromptCams(clip, prompts, LearnedCamSettings(caa_layers=2))(image, [3])
 

@@ -79,6 +79,17 @@ MODELS: Schema = {
     },
 }
 
+# What CAA's affinity is built from (wsss_core/cam/caa.py), shared by the CLIP-ES and the learned-prompt CAMs.
+CAA_AFFINITY_SOURCE: Schema = {
+    "affinity_source": Spec(
+        str,
+        "attention",
+        "CAA affinity from the layers' attention (CLIP-ES) or their token similarity (AffinityNet-style)",
+        choices=("attention", "features"),
+    ),
+    "feature_power": Spec(float, 8.0, "features: Hadamard power beta of the similarity (AffinityNet 8)", min=1.0),
+}
+
 CAMS: Schema = {
     "method": Spec(str, "clip_es", "CAM generator", choices=("clip_es",)),
     "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N"),
@@ -100,6 +111,7 @@ CAMS: Schema = {
     "caa_layers": Spec(int, 8, "attention layers (the last ones) used by CAA", min=1),
     "sinkhorn_rounds": Spec(int, 3, "Sinkhorn rounds in CAA", min=0),
     "affinity_power": Spec(int, 2, "power t of the CAA affinity", min=1),
+    **CAA_AFFINITY_SOURCE,
     "box_threshold": Spec(float, 0.4, "CAA box mask threshold (times max): 0.4 VOC, 0.7 COCO", min=0.0, max=1.0),
     "reference_quirks": Spec(bool, False, "reproduce CLIP-ES's 8-bit box threshold and clipped box ends"),
     "amp": Spec(bool, True, "fp16 autocast on CUDA (the reference ran CLIP in half precision)"),
@@ -379,6 +391,7 @@ def _learned_cams(box_threshold: float, refine: str) -> Schema:
         "caa_layers": Spec(int, 8, "attention layers (the last ones) used by CAA", min=1),
         "sinkhorn_rounds": Spec(int, 1, "Sinkhorn rounds in CAA (FMA-WSSS: 1)", min=0),
         "affinity_power": Spec(int, 2, "power t of the CAA affinity", min=1),
+        **CAA_AFFINITY_SOURCE,
         "box_threshold": Spec(float, box_threshold, "CAA box mask threshold (times max)", min=0.0, max=1.0),
         "refine": Spec(
             str,

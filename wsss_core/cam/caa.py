@@ -11,15 +11,27 @@ matrix and spreads each class's CAM along it, restricted to the boxes around whe
 
 Masking the columns means a patch only collects activation from patches inside the class's boxes; patches
 anywhere may receive it. Both CLIP-ES and FMA-WSSS take the matrix power first and mask afterwards.
+
+A = the attention is CLIP-ES's choice (`affinity_source="attention"`). It presumes attention that groups patches
+of one object, which a large CLIP learns and a tiny one may not (benchmarks/caa_affinity.py measures it). The
+alternative `"features"` builds A from the same layers' tokens instead, as AffinityNet builds its random walk:
+    A = (mean over the layers of max(cos(ln_1 token i, ln_1 token j), 0)) ** beta      (AffinityNet beta = 8)
+and goes through the same Sinkhorn, symmetrisation, power and box masking.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from wsss_core.cam.gradcam import minmax
+
+if TYPE_CHECKING:
+    from wsss_core.models.clip import BlockTrace
 
 
 def sinkhorn_normalize(attn: Tensor, rounds: int = 3) -> Tensor:
@@ -58,12 +70,60 @@ def attention_affinity(attentions: Tensor, *, rounds: int = 3, power: int = 2) -
     num_layers, rows, cols = attentions.shape
     if num_layers == 0 or rows != cols or rows < 2:
         raise ValueError(f"attentions must hold >= 1 layer of square (N, N) maps with N >= 2, got {attentions.shape}")
+    return patch_affinity(attentions.float()[:, 1:, 1:].mean(dim=0), rounds=rounds, power=power)
+
+
+def feature_affinity(tokens: Tensor, *, rounds: int = 3, power: int = 2, beta: float = 8.0) -> Tensor:
+    """Affinity (hw, hw) from the tokens (L, N, D) of the chosen layers, token 0 = CLS (dropped): the cosine
+    similarity of patch tokens, clamped at 0 and averaged over the layers, to the Hadamard power `beta`
+    (AffinityNet's 8: it sharpens the walk to near-identical patches), then as `attention_affinity`."""
+    if tokens.ndim != 3 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must have shape (L >= 1, N >= 2, D), got {tuple(tokens.shape)}")
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    patches = F.normalize(tokens.float()[:, 1:], dim=-1)
+    similarity = (patches @ patches.transpose(1, 2)).clamp_min(0).mean(dim=0)
+    # A patch's similarity to itself is 1, so no row or column is all zero and Sinkhorn is defined.
+    return patch_affinity(similarity**beta, rounds=rounds, power=power)
+
+
+def patch_affinity(matrix: Tensor, *, rounds: int = 3, power: int = 2) -> Tensor:
+    """CAA's transition matrix from a non-negative patch-to-patch matrix (hw, hw): Sinkhorn (`rounds`),
+    symmetrisation (T + T^T) / 2, matrix power `power`."""
     if power < 0:
         raise ValueError(f"power must be >= 0, got {power}")
-    patch_attention = attentions.float()[:, 1:, 1:].mean(dim=0)
-    transition = sinkhorn_normalize(patch_attention, rounds)
+    transition = sinkhorn_normalize(matrix, rounds)
     transition = (transition + transition.T) / 2
     return torch.linalg.matrix_power(transition, power)
+
+
+AFFINITY_SOURCES = ("attention", "features")
+
+
+class AffinitySettings(Protocol):
+    """The CAA settings `trace_affinity` reads (`ClipEsSettings`, `LearnedCamSettings`)."""
+
+    affinity_source: str
+    sinkhorn_rounds: int
+    affinity_power: int
+    feature_power: float
+
+
+def check_affinity_source(source: str) -> None:
+    if source not in AFFINITY_SOURCES:
+        raise ValueError(f"affinity_source must be one of {AFFINITY_SOURCES}, got {source!r}")
+
+
+def trace_affinity(blocks: Sequence[BlockTrace], settings: AffinitySettings) -> Tensor:
+    """CAA affinity of one image (batch item 0) from the traces of the chosen blocks: their attention maps
+    (`affinity_source="attention"`, CLIP-ES) or their ln_1 tokens (`"features"`, see the module docstring)."""
+    check_affinity_source(settings.affinity_source)
+    rounds, power = settings.sinkhorn_rounds, settings.affinity_power
+    if settings.affinity_source == "attention":
+        attentions = torch.stack([block.attention[0] for block in blocks]).detach()
+        return attention_affinity(attentions.float(), rounds=rounds, power=power)
+    tokens = torch.stack([block.ln_1[0] for block in blocks]).detach()
+    return feature_affinity(tokens, rounds=rounds, power=power, beta=settings.feature_power)
 
 
 def _binarize(maps: Tensor, threshold: float, reference_quirks: bool) -> Tensor:

@@ -6,7 +6,8 @@ For one image and its present classes (from the image-level labels):
   2. image embedding = mean of the projected patch tokens; logits = 100 * cos(image, text) over all
      foreground prompts and background words; softmax over [present foreground + all background];
   3. Softmax-GradCAM for every present class in one batched backward pass; ReLU, min-max;
-  4. CAA: attention of the last layers -> Sinkhorn -> symmetrise -> power, masked by boxes around each CAM.
+  4. CAA: attention of the last layers -> Sinkhorn -> symmetrise -> power, masked by boxes around each CAM
+     (`affinity_source="features"`: the same layers' token similarity in place of their attention, caa.py).
 Scales and flips (the reference runs one scale, no flip) are each computed this way and averaged on the
 scale-1 token grid.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from wsss_core.cam.caa import attention_affinity, caa_refine
+from wsss_core.cam.caa import caa_refine, check_affinity_source, trace_affinity
 from wsss_core.cam.gradcam import minmax, softmax_gradcam, softmax_gradcam_loop
 from wsss_core.cam.resize import upsample_cams  # noqa: F401 - part of this module's API
 from wsss_core.models.clip import ClipModel, VisualRunner, encode_text, prepare_image
@@ -35,11 +36,16 @@ class ClipEsSettings:
     caa_layers: int = 8
     sinkhorn_rounds: int = 3
     affinity_power: int = 2
+    affinity_source: str = "attention"  # attention (CLIP-ES) | features (caa.py)
+    feature_power: float = 8.0  # beta of the "features" source
     box_threshold: float = 0.4  # 0.4 VOC, 0.7 COCO
     reference_quirks: bool = False
     logit_scale: float = 100.0
     amp: bool = True  # fp16 autocast on CUDA, as the reference ran CLIP in half precision; ignored on CPU
     batched_gradients: bool = True  # False: one backward pass per class, as the reference (for comparison)
+
+    def __post_init__(self) -> None:
+        check_affinity_source(self.affinity_source)
 
 
 @dataclass
@@ -94,10 +100,7 @@ class ClipEs:
             gradcam = softmax_gradcam if self.settings.batched_gradients else softmax_gradcam_loop
             selected = targets + background
             cams = gradcam(activations, logits, targets, trace.grid, softmax_over=selected)[0]  # (P, h, w)
-            attentions = torch.stack([trace.blocks[i % self.runner.num_layers].attention[0] for i in layers])
-            affinity = attention_affinity(
-                attentions.float(), rounds=self.settings.sinkhorn_rounds, power=self.settings.affinity_power
-            )
+            affinity = trace_affinity([trace.blocks[i % self.runner.num_layers] for i in layers], self.settings)
             refined = caa_refine(
                 cams,
                 affinity,

@@ -69,6 +69,8 @@ def generate_cams(index_path: Path, out_dir: Path, params: dict[str, Any]) -> di
         caa_layers=cams["caa_layers"],
         sinkhorn_rounds=cams["sinkhorn_rounds"],
         affinity_power=cams["affinity_power"],
+        affinity_source=cams["affinity_source"],
+        feature_power=cams["feature_power"],
         box_threshold=cams["box_threshold"],
         reference_quirks=cams["reference_quirks"],
         amp=cams["amp"],

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from wsss_core.cam.caa import attention_affinity, caa_refine
+from wsss_core.cam.caa import caa_refine, check_affinity_source, trace_affinity
 from wsss_core.cam.clip_es import ClipEsCams
 from wsss_core.cam.gradcam import minmax, softmax_gradcam
 from wsss_core.models.clip import ClipModel, VisualRunner, prepare_image
@@ -102,12 +102,15 @@ class LearnedCamSettings:
     caa_layers: int = 8
     sinkhorn_rounds: int = 1
     affinity_power: int = 2
+    affinity_source: str = "attention"  # attention (CLIP-ES, FMA-WSSS) | features (caa.py)
+    feature_power: float = 8.0  # beta of the "features" source
     box_threshold: float = 0.4
     refine: str = "score"
 
     def __post_init__(self) -> None:
         if self.refine not in REFINE_MODES:
             raise ValueError(f"refine must be one of {REFINE_MODES}, got {self.refine!r}")
+        check_affinity_source(self.affinity_source)
 
 
 class LearnedPromptCams:
@@ -147,10 +150,7 @@ class LearnedPromptCams:
         score = minmax(cams.clamp_min(0), (-2, -1))
         refined = score
         if self.settings.refine != "none":
-            attentions = torch.stack([trace.blocks[i % self.runner.num_layers].attention[0] for i in layers]).detach()
-            affinity = attention_affinity(
-                attentions.float(), rounds=self.settings.sinkhorn_rounds, power=self.settings.affinity_power
-            )
+            affinity = trace_affinity([trace.blocks[i % self.runner.num_layers] for i in layers], self.settings)
             source = score if self.settings.refine == "score" else cams
             propagated = caa_refine(
                 source, affinity, box_threshold=self.settings.box_threshold, box_source=score, normalize=False
