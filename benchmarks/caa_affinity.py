@@ -1,4 +1,4 @@
-"""How semantic is the attention CAA propagates CAMs along? A diagnostic of a CLIP on a dataset with GT masks.
+"""How semantic is the affinity CAA propagates CAMs along? A diagnostic of a CLIP on a dataset with GT masks.
 
 CAA (CLIP-ES) spreads each CAM along an affinity built from the attention of the last `cams.caa_layers` blocks
 (or, with `cams.affinity_source: features`, from their token similarity). It can only help if a patch's affinity

@@ -108,7 +108,7 @@ CAMS: Schema = {
     "template": Spec(str, "a clean origami {}.", "prompt template; {} is replaced by the class words"),
     "scales": Spec(list, [1.0], "image scales averaged (reference: single scale)", item=float, min=0.1, max=4.0),
     "flip": Spec(bool, False, "also average horizontally flipped views (reference: no flip)"),
-    "caa_layers": Spec(int, 8, "attention layers (the last ones) used by CAA", min=1),
+    "caa_layers": Spec(int, 8, "layers (the last ones) whose attention or tokens CAA uses", min=1),
     "sinkhorn_rounds": Spec(int, 3, "Sinkhorn rounds in CAA", min=0),
     "affinity_power": Spec(int, 2, "power t of the CAA affinity", min=1),
     **CAA_AFFINITY_SOURCE,
@@ -388,7 +388,7 @@ def _learn_task(design: str, init_std: float, losses: tuple[str, ...], iteration
 
 def _learned_cams(box_threshold: float, refine: str) -> Schema:
     return {
-        "caa_layers": Spec(int, 8, "attention layers (the last ones) used by CAA", min=1),
+        "caa_layers": Spec(int, 8, "layers (the last ones) whose attention or tokens CAA uses", min=1),
         "sinkhorn_rounds": Spec(int, 1, "Sinkhorn rounds in CAA (FMA-WSSS: 1)", min=0),
         "affinity_power": Spec(int, 2, "power t of the CAA affinity", min=1),
         **CAA_AFFINITY_SOURCE,
