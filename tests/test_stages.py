@@ -136,6 +136,24 @@ def test_corrupted_image_stops_prepare_with_its_name_and_keeps_no_index(project)
     assert not (project / "artifacts" / "index").exists()
 
 
+def test_caa_affinity_source_reaches_the_caa_cams_and_their_provenance(project):
+    run_ok("demo_data")
+    run_ok("prepare")
+    maps = {}
+    for source in ("attention", "features"):
+        params = yaml.safe_load(Path("params.yaml").read_text())
+        params["cams"]["affinity_source"] = source
+        Path("params.yaml").write_text(yaml.safe_dump(params))
+        run_ok("cams")
+        raw = DenseMaps(project / "artifacts" / "cams_raw.zarr", kind="cams")
+        caa = DenseMaps(project / "artifacts" / "cams_caa.zarr", kind="cams")
+        assert caa.provenance["params"]["cams"]["affinity_source"] == source
+        maps[source] = ([raw[index] for index in range(len(raw))], [caa[index] for index in range(len(caa))])
+    (raw_attention, caa_attention), (raw_features, caa_features) = maps["attention"], maps["features"]
+    assert all(np.array_equal(a, b) for a, b in zip(raw_attention, raw_features, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(caa_attention, caa_features, strict=True))
+
+
 def test_bad_params_stop_every_stage_with_the_key(project):
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["cams"]["box_threshold"] = 1.5
