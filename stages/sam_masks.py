@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from wsss_core.stage import run_stage
-from wsss_core.store.dense import DEFAULT_SCRATCH
+from wsss_core.store.scratch import DEFAULT_SCRATCH
 
 app = typer.Typer(add_completion=False)
 

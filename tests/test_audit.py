@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -13,7 +16,7 @@ from wsss_core.audit import audit, format_audit
 from wsss_core.cli import app
 from wsss_core.hashing import sha256_file
 from wsss_core.provenance import make_provenance
-from wsss_core.store import DenseMapWriter, write_table
+from wsss_core.store import DenseMapWriter, read_parquet_provenance, write_table
 
 
 @pytest.fixture
@@ -102,3 +105,126 @@ def test_not_an_artifact(tmp_path):
     result = CliRunner().invoke(app, ["audit", str(tmp_path / "plain.txt")])
     assert result.exit_code == 1
     assert "no provenance found" in result.output
+
+
+# The artifact audited checks its own content (its seal), not only its upstreams.
+
+
+def _replace_one_chunk(zarr_dir):
+    shard = next(p for p in sorted((zarr_dir / "maps" / "c").rglob("*")) if p.is_file())
+    shard.write_bytes(shard.read_bytes()[::-1])  # same size, other bytes: a hand-edited or swapped chunk file
+    return shard
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_changed_chunk_of_the_audited_dense_artifact_is_caught(chain, deep):
+    runner = CliRunner()
+    before = runner.invoke(app, ["audit", "labels.zarr", *(["--deep"] if deep else [])])
+    assert before.exit_code == 0, before.output
+    assert "seal: OK" in before.output.splitlines()[1]  # the artifact's own line, then its seal
+    _replace_one_chunk(chain / "labels.zarr")
+    result = runner.invoke(app, ["audit", "labels.zarr", *(["--deep"] if deep else [])])
+    assert result.exit_code == 1
+    assert result.output.startswith("labels.zarr: labels.zarr CHANGED [seeds] (labels.zarr: content changed")
+    assert "index: index.parquet OK [prepare]" in result.output  # the upstreams themselves still match
+
+
+def test_changed_file_of_an_evaluation_report_is_caught(project):
+    from tests.test_stages import run_ok
+    from wsss_core.data.index import read_index_hashes, read_index_sizes
+    from wsss_core.evaluation import evaluate_label_maps
+    from wsss_core.params import load_params
+
+    run_ok("demo_data")
+    run_ok("prepare")
+    index = project / "artifacts" / "index" / "val.parquet"
+    sizes = read_index_sizes(index)
+    writer = DenseMapWriter(
+        "artifacts/seeds_zero.zarr",
+        kind="labels",
+        image_ids=list(sizes),
+        sizes=list(sizes.values()),
+        dtype="uint8",
+        image_sha256=list(read_index_hashes(index).values()),
+        provenance=make_provenance("seeds", {}, upstream={"index": index}),
+    )
+    for i, (height, width) in enumerate(sizes.values()):
+        writer.write(i, np.zeros((height, width), np.uint8))
+    writer.commit()
+    report = project / "metrics" / "seeds_zero"
+    evaluate_label_maps(Path("artifacts/seeds_zero.zarr"), report, load_params("params.yaml")["evaluate"])
+    assert "content_sha256" in json.loads((report / "provenance.json").read_text())
+    runner = CliRunner()
+    assert runner.invoke(app, ["audit", "metrics/seeds_zero"]).exit_code == 0
+
+    metrics = json.loads((report / "metrics.json").read_text())
+    metrics["miou"] = 0.99
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    for target in ("metrics/seeds_zero", "metrics/seeds_zero/metrics.json"):
+        result = runner.invoke(app, ["audit", target])
+        assert result.exit_code == 1, result.output
+        assert "CHANGED [evaluate] (metrics/seeds_zero: content changed since written" in result.output
+
+
+def test_changed_rows_of_an_audited_table_are_caught(chain):
+    runner = CliRunner()
+    assert runner.invoke(app, ["audit", "index.parquet", "--deep"]).exit_code == 0
+    recorded = read_parquet_provenance("index.parquet")
+    table = pq.read_table("index.parquet")
+    metadata = table.schema.metadata
+    assert set(metadata) == {b"wsss", b"wsss_content_sha256"}
+    rows = table.to_pydict()
+    rows["image_path"] = ["b.jpg"]  # a row edited, the provenance and seal kept as they were
+    edited = pa.Table.from_pydict(rows, schema=table.schema).replace_schema_metadata(metadata)
+    pq.write_table(edited, "index.parquet", compression="zstd")
+    assert read_parquet_provenance("index.parquet") == recorded
+    for extra in ([], ["--deep"]):
+        result = runner.invoke(app, ["audit", "index.parquet", *extra])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("index.parquet: index.parquet CHANGED [prepare] (index.parquet: data changed")
+
+
+@pytest.mark.parametrize("marker", ["dvc.yaml", ".dvc"])
+@pytest.mark.parametrize("absolute", [True, False])
+def test_upstreams_resolve_from_the_project_root_wherever_audit_runs(
+    chain, tmp_path_factory, monkeypatch, marker, absolute
+):
+    if marker == ".dvc":
+        (chain / ".dvc").mkdir()
+    else:
+        (chain / "dvc.yaml").write_text("stages: {}\n")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    target = chain / "report" if absolute else Path(os.path.relpath(chain / "report", elsewhere))
+    result = CliRunner().invoke(app, ["audit", str(target), "--deep"])
+    assert result.exit_code == 0, result.output
+    assert "MISSING" not in result.output
+    assert "labels: labels.zarr OK [seeds]" in result.output
+    assert result.output.count("index: index.parquet OK [prepare]") == 2
+    assert "checkpoint clip: clip.pt OK" in result.output
+    assert "content: 1 images re-hashed under data, all match" in result.output
+    (chain / "index.parquet").unlink()  # and a missing upstream is still reported as such
+    node = audit(target)
+    assert [child.status for child in node.children] == ["MISSING", "OK"]
+
+
+def test_artifacts_written_before_seals_audit_as_unsealed(chain):
+    runner = CliRunner()
+    result = runner.invoke(app, ["audit", "report"])  # the fixture writes provenance.json without a seal
+    assert result.exit_code == 0, result.output
+    assert "seal: UNSEALED (report: no content seal in provenance.json" in result.output
+
+    meta = chain / "labels.zarr" / "zarr.json"
+    attributes = json.loads(meta.read_text())
+    attributes["attributes"]["wsss"].pop("content_sha256", None)
+    meta.write_text(json.dumps(attributes))
+    result = runner.invoke(app, ["audit", "labels.zarr"])
+    assert result.exit_code == 0, result.output
+    assert "seal: UNSEALED (labels.zarr: no content seal in zarr.json" in result.output
+
+    table = pq.read_table(chain / "index.parquet")
+    legacy = table.replace_schema_metadata({b"wsss": table.schema.metadata[b"wsss"]})
+    pq.write_table(legacy, chain / "index.parquet", compression="zstd")
+    result = runner.invoke(app, ["audit", "index.parquet", "--deep"])
+    assert result.exit_code == 0, result.output
+    assert "seal: UNSEALED (index.parquet: no content seal in its metadata" in result.output

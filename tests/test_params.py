@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,119 @@ def test_preset_with_a_bad_value_names_it(tmp_path):
     bad.write_text("cams:\n  box_threshold: high\n")
     with pytest.raises(ParamsError, match=r"bad.yaml: cams\.box_threshold: expected float, got 'high'"):
         apply_preset(bad)
+
+
+def _float_specs(schema, path=()):
+    """(path of keys, spec) of every float parameter, lists of floats included; named maps get an entry `x`."""
+    from wsss_core.params import MapOf, Spec
+
+    for name, spec in schema.items():
+        if isinstance(spec, dict):
+            yield from _float_specs(spec, (*path, name))
+        elif isinstance(spec, MapOf):
+            yield from _float_specs(spec.schema, (*path, name, "x"))
+        elif isinstance(spec, Spec) and float in (spec.type, spec.item):
+            yield (*path, name), spec
+
+
+def _all_float_specs():
+    from wsss_core.params import SECTIONS
+
+    return [(section, *path) for section, schema in SECTIONS.items() for path, _ in _float_specs(schema)]
+
+
+FLOAT_KEYS = _all_float_specs()
+
+
+def test_the_float_walk_sees_every_ranged_float():
+    from wsss_core.params import SECTIONS
+
+    specs = [spec for schema in SECTIONS.values() for _, spec in _float_specs(schema)]
+    assert len(specs) > 40 and all(spec.min is not None or spec.max is not None for spec in specs)
+    assert ("cams", "box_threshold") in FLOAT_KEYS and ("cams", "scales") in FLOAT_KEYS
+    assert ("seeds", "variants", "x", "crf", "confidence") in FLOAT_KEYS
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("path", FLOAT_KEYS, ids=[".".join(p) for p in FLOAT_KEYS])
+def test_non_finite_floats_are_rejected_naming_the_key(tmp_path, path, bad):
+    from wsss_core.params import SECTIONS
+
+    spec = dict(_float_specs(SECTIONS[path[0]]))[path[1:]]
+    value = [bad] * (spec.length or 1) if spec.type is list else bad
+    data = node = {}
+    for name in path[:-1]:
+        node = node.setdefault(name, {})
+    node[path[-1]] = value
+    key = ".".join(path) + ("[0]" if spec.type is list else "")
+    text = yaml.safe_dump(data)
+    assert (".nan" if bad != bad else ".inf") in text  # written the way a user would
+    with pytest.raises(ParamsError, match=re.escape(f"params.yaml: {key}: must be a finite number, got {bad!r}")):
+        load_params(_write(tmp_path, data))
+
+
+def test_non_finite_float_in_a_preset_is_rejected(tmp_path):
+    from wsss_core.params import apply_preset
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cams:\n  box_threshold: .nan\n")
+    with pytest.raises(ParamsError, match=r"bad.yaml: cams\.box_threshold: must be a finite number, got nan"):
+        apply_preset(bad)
+
+
+def test_params_check_fails_on_nan_naming_the_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from wsss_core.cli import app
+
+    path = tmp_path / "params.yaml"
+    path.write_text("cams:\n  box_threshold: .nan\n")
+    result = CliRunner().invoke(app, ["params", "check", str(path)])
+    assert result.exit_code == 1
+    assert "cams.box_threshold: must be a finite number, got nan" in result.output
+
+
+def _preset(tmp_path, *args):
+    from typer.testing import CliRunner
+
+    from wsss_core.cli import app
+
+    out = tmp_path / "params.yaml"
+    preset = ROOT / "presets" / "clip_es_voc.yaml"
+    return CliRunner().invoke(app, ["params", "preset", str(preset), "--output", str(out), *args]), out
+
+
+def test_preset_refuses_to_overwrite_a_different_params_file(tmp_path):
+    out = tmp_path / "params.yaml"
+    out.write_text("# my own edits\ncams:\n  box_threshold: 0.5\n")
+    result, _ = _preset(tmp_path)
+    assert result.exit_code == 1
+    assert f"{out} exists and differs" in result.output and "--force" in result.output
+    assert out.read_text() == "# my own edits\ncams:\n  box_threshold: 0.5\n"
+    assert not (tmp_path / "params.yaml.bak").exists()
+
+
+def test_preset_with_force_keeps_a_backup_then_writes(tmp_path):
+    out = tmp_path / "params.yaml"
+    backup = tmp_path / "params.yaml.bak"
+    backup.write_text("an older backup\n")
+    old = "# my own edits\ncams:\n  box_threshold: 0.5\n"
+    out.write_text(old)
+    result, _ = _preset(tmp_path, "--force")
+    assert result.exit_code == 0, result.output
+    assert str(backup) in result.output
+    assert backup.read_text() == old  # the older .bak is replaced by the file just overwritten
+    assert load_params(out)["cams"]["box_threshold"] == 0.4
+
+
+def test_preset_leaves_an_identical_params_file_alone(tmp_path):
+    result, out = _preset(tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    written, mtime = out.read_bytes(), out.stat().st_mtime_ns
+    for args in ((), ("--force",)):
+        result, _ = _preset(tmp_path, *args)
+        assert result.exit_code == 0, result.output
+        assert "already matches" in result.output and "wrote" not in result.output
+        assert out.read_bytes() == written and out.stat().st_mtime_ns == mtime
+        assert not (tmp_path / "params.yaml.bak").exists()

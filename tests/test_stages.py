@@ -48,6 +48,26 @@ def run_to_seed_metrics(variants: tuple[str, ...] = ("cam", "crf")) -> None:
         run_ok("evaluate", f"seeds_{variant}")
 
 
+
+def kill_cams_on_fourth_image(monkeypatch):
+    """Run the cams stage until it dies on its fourth image, as a kill would; return the undisturbed ClipEs call."""
+    from wsss_core.cam import clip_es
+
+    original = clip_es.ClipEs.__call__
+    calls = {"n": 0}
+
+    def dies_on_fourth_image(self, image, class_ids):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Killed
+        return original(self, image, class_ids)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(clip_es.ClipEs, "__call__", dies_on_fourth_image)
+        with pytest.raises(Killed):
+            invoke("cams")
+    return original
+
 def test_pipeline_from_data_to_metrics(project):
     run_to_seed_metrics()
 
@@ -99,20 +119,8 @@ def test_cams_resume_after_a_kill_gives_the_same_bytes(project, monkeypatch):
 
     from wsss_core.cam import clip_es
 
-    original = clip_es.ClipEs.__call__
-    calls = {"n": 0}
-
-    def dies_on_fourth_image(self, image, class_ids):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Killed
-        return original(self, image, class_ids)
-
-    monkeypatch.setattr(clip_es.ClipEs, "__call__", dies_on_fourth_image)
-    with pytest.raises(Killed):
-        invoke("cams")
+    original = kill_cams_on_fourth_image(monkeypatch)
     assert not (project / "artifacts" / "cams_caa.zarr").exists()  # no half artifact
-    monkeypatch.setattr(clip_es.ClipEs, "__call__", original)
 
     counted = {"n": 0}
 
@@ -125,6 +133,27 @@ def test_cams_resume_after_a_kill_gives_the_same_bytes(project, monkeypatch):
     assert counted["n"] == 3  # the three finished images (one per shard here) were not recomputed
     assert sha256_path(project / "artifacts" / "cams_caa.zarr") == expected
 
+
+
+def test_cams_resumed_after_a_code_change_recompute_every_image(project, monkeypatch):
+    # The reliability issue's reproduction: kill cams half-way, change the CAM code, rerun.
+    from wsss_core.cam import clip_es
+    from wsss_core.store import scratch
+
+    run_ok("demo_data")
+    run_ok("prepare")
+    original = kill_cams_on_fourth_image(monkeypatch)
+
+    def edited(self, image, class_ids):  # the new code: other maps, and other source bytes
+        cams = original(self, image, class_ids)
+        return clip_es.ClipEsCams(cams.class_ids, cams.raw * 0.5, cams.refined * 0.5)
+
+    monkeypatch.setattr(clip_es.ClipEs, "__call__", edited)
+    monkeypatch.setattr(scratch, "code_fingerprint", lambda: "after the edit")
+    run_ok("cams")
+    run_ok("cams", "--out-dir", "reference")  # the new code from scratch
+    for name in ("cams_raw.zarr", "cams_caa.zarr"):
+        assert sha256_path(project / "artifacts" / name) == sha256_path(project / "reference" / name)
 
 def test_corrupted_image_stops_prepare_with_its_name_and_keeps_no_index(project):
     run_ok("demo_data")
@@ -180,3 +209,39 @@ def test_seeds_refuse_cams_without_their_index(project):
     assert result.exit_code == 1
     assert "train.parquet: table not found" in result.output
     assert not (project / "artifacts" / "seeds_cam.zarr").exists()
+
+
+def test_demo_data_never_touches_the_configured_dataset(project):
+    # The reproduction from the reliability issue: a VOC preset applied, then the demo stage run (as `dvc repro` did).
+    voc = project / "data" / "VOCdevkit" / "VOC2012"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "SENTINEL.txt").write_text("x")
+    (voc / "JPEGImages" / "2007_000027.jpg").write_bytes(b"user image")
+    before = sha256_path(voc)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dataset"].update({"kind": "voc", "root": "data/VOCdevkit/VOC2012"})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run_ok("demo_data")
+    assert sha256_path(voc) == before
+    assert (project / "data" / "demo" / "JPEGImages").is_dir()  # its declared output, and nothing else
+    assert sorted(path.name for path in (project / "data").iterdir()) == ["VOCdevkit", "demo"]
+    result = invoke("demo_data", "--out", str(voc))  # pointed at the user's tree by hand: refused, path named
+    assert result.exit_code == 1 and "VOC2012: exists and was not created by the demo generator" in result.output
+    assert sha256_path(voc) == before
+
+
+def test_consumers_refuse_maps_of_images_that_have_since_changed(project):
+    # The reliability issue's reproduction: regenerate the data with another seed (same image ids), rerun prepare.
+    run_to_seed_metrics(("caa",))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dataset"]["synthetic"]["seed"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run_ok("demo_data")
+    run_ok("prepare")
+    seeds_before = sha256_path(project / "artifacts" / "seeds_caa.zarr")
+    for stage_args, artifact in ((("seeds", "caa"), "cams_caa.zarr"), (("evaluate", "seeds_caa"), "seeds_caa.zarr")):
+        result = invoke(*stage_args)
+        assert result.exit_code == 1, result.output
+        assert f"{artifact}: computed from another version of image 'syn_000001'" in result.output
+        assert "artifacts/index/train.parquet" in result.output
+    assert sha256_path(project / "artifacts" / "seeds_caa.zarr") == seeds_before  # no partial or new artifact

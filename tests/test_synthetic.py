@@ -35,7 +35,7 @@ def test_same_arguments_give_identical_files_and_another_seed_does_not(tmp_path)
     first = _all_files(generate_synthetic(tmp_path / "a", n_train=5, n_val=2, image_size=IMAGE_SIZE, seed=3))
     second = _all_files(generate_synthetic(tmp_path / "b", n_train=5, n_val=2, image_size=IMAGE_SIZE, seed=3))
     other = _all_files(generate_synthetic(tmp_path / "c", n_train=5, n_val=2, image_size=IMAGE_SIZE, seed=4))
-    assert len(first) == 7 * 3 + 3 + 1  # jpg + png + xml per image, three split lists, classes.txt
+    assert len(first) == 7 * 3 + 3 + 2  # jpg + png + xml per image, three split lists, classes.txt, the marker
     assert first == second
     assert first["JPEGImages/syn_000001.jpg"] != other["JPEGImages/syn_000001.jpg"]
     assert first["SegmentationClass/syn_000001.png"] != other["SegmentationClass/syn_000001.png"]
@@ -135,12 +135,39 @@ def test_regenerating_replaces_a_previous_generation_but_not_a_foreign_folder(tm
     generate_synthetic(root, n_train=2, n_val=1, image_size=IMAGE_SIZE)
     assert sorted(path.name for path in (root / "JPEGImages").iterdir()) == [f"syn_00000{i}.jpg" for i in (1, 2, 3)]
     assert not (tmp_path / ".syn.partial").exists()
+    (root / "notes.txt").write_text("keep me")  # a generated folder somebody added to
+    with pytest.raises(DatasetError, match="notes.txt"):
+        generate_synthetic(root, n_train=1, n_val=1, image_size=IMAGE_SIZE)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="notes.txt"):
+    with pytest.raises(DatasetError, match="mine: exists and was not created by the demo generator"):
         generate_synthetic(foreign, n_train=1, n_val=1, image_size=IMAGE_SIZE)
-    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert (foreign / "notes.txt").read_text() == (root / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("leftover", ["root", "partial"])
+def test_an_unmarked_folder_with_a_dataset_layout_is_never_replaced(tmp_path, leftover):
+    # A VOC tree has exactly the generator's subfolder names: only the marker tells the generator's folders apart.
+    target = tmp_path / ("VOC2012" if leftover == "root" else ".VOC2012.partial")
+    for folder in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets"):
+        (target / folder).mkdir(parents=True)
+    (target / "JPEGImages" / "2007_000027.jpg").write_bytes(b"user image")
+    with pytest.raises(DatasetError, match=f"{target.name}.*not created by the demo generator"):
+        generate_synthetic(tmp_path / "VOC2012", n_train=1, n_val=1, image_size=IMAGE_SIZE)
+    assert (target / "JPEGImages" / "2007_000027.jpg").read_bytes() == b"user image"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [target.name]
+
+
+def test_an_interrupted_generation_is_cleaned_up(tmp_path):
+    (tmp_path / ".syn.partial").mkdir()  # killed right after creating its scratch, before marking it
+    generate_synthetic(tmp_path / "syn", n_train=1, n_val=1, image_size=IMAGE_SIZE)
+    partial = tmp_path / ".syn.partial"
+    partial.mkdir()
+    (partial / ".wsss_generated").write_text("")
+    (partial / "JPEGImages").mkdir()  # killed half-way through writing images
+    generate_synthetic(tmp_path / "syn", n_train=1, n_val=1, image_size=IMAGE_SIZE)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["syn"]
 
 
 @pytest.mark.parametrize(

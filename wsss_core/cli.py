@@ -32,7 +32,8 @@ def audit_command(
     path: Path = typer.Argument(..., help="an artifact: .zarr group, .parquet table, or a report directory"),
     deep: bool = typer.Option(False, "--deep", help="also re-hash every image and mask listed in dataset indexes"),
 ) -> None:
-    """Print an artifact's provenance chain back to the dataset; exit 1 if any recorded hash no longer matches."""
+    """Print an artifact's provenance chain back to the dataset; exit 1 if the artifact's own content no longer
+    matches its seal, or any recorded hash of what it was made from no longer matches."""
     from wsss_core.audit import audit, format_audit
     from wsss_core.store.table import ArtifactError
 
@@ -44,7 +45,7 @@ def audit_command(
         _fail(str(error))
     print("\n".join(format_audit(node)))
     if not node.ok:
-        print("audit: some upstream content no longer matches its recorded hash", file=sys.stderr)
+        print("audit: some content no longer matches its recorded hash or its own seal", file=sys.stderr)
         raise typer.Exit(code=1)
 
 
@@ -64,8 +65,16 @@ def params_check(path: Path = typer.Argument(Path("params.yaml"))) -> None:
 def params_preset(
     preset: Path = typer.Argument(..., help="a preset file, e.g. presets/clip_es_voc.yaml"),
     output: Path = typer.Option(Path("params.yaml"), help="the params file to write"),
+    force: bool = typer.Option(
+        False, "--force", help="overwrite an existing, different params file (its content is kept in FILE.bak)"
+    ),
 ) -> None:
-    """Write a complete params file: every key's default, overridden by the preset (a method's reference setup)."""
+    """Write a complete params file: every key's default, overridden by the preset (a method's reference setup).
+
+    An existing params file that differs from what the preset gives is only replaced with --force; its content is
+    then first copied to OUTPUT.bak (replacing any older .bak, so it always holds the file as it was just before the
+    latest forced write). A file that already matches is left untouched.
+    """
     import yaml
 
     from wsss_core.params import ParamsError, apply_preset
@@ -76,9 +85,26 @@ def params_preset(
     except ParamsError as error:
         _fail(str(error))
     header = f"# Written by `wsss params preset {preset.as_posix()}`: defaults overridden by that preset.\n"
-    with atomic_file(output, "w") as handle:
-        handle.write(header + yaml.safe_dump(params, sort_keys=False, default_flow_style=False))
-    print(f"wrote {output} from {preset}")
+    content = (header + yaml.safe_dump(params, sort_keys=False, default_flow_style=False)).encode()
+    backup = None
+    if output.is_dir():
+        _fail(f"{output}: is a directory, not a params file")
+    if output.exists():
+        current = output.read_bytes()
+        if current == content:
+            print(f"{output} already matches {preset}; nothing written")
+            return
+        if not force:
+            _fail(
+                f"{output} exists and differs from what {preset} gives; not overwritten. "
+                f"Pass --force to overwrite it (its current content is then kept in {output}.bak)"
+            )
+        backup = output.with_name(output.name + ".bak")
+        with atomic_file(backup, "wb") as handle:
+            handle.write(current)
+    with atomic_file(output, "wb") as handle:
+        handle.write(content)
+    print(f"wrote {output} from {preset}" + (f"; the previous content is in {backup}" if backup else ""))
 
 
 @dataset_app.command("check")

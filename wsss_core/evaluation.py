@@ -14,6 +14,7 @@ from wsss_core.progress import progress
 from wsss_core.provenance import dumps, make_provenance
 from wsss_core.store.atomic import atomic_directory
 from wsss_core.store.dense import DenseMaps
+from wsss_core.store.seal import seal_directory
 from wsss_core.store.table import ArtifactError
 
 
@@ -61,6 +62,7 @@ def evaluate_label_maps(labels_path: Path, out_dir: Path, settings: dict[str, An
     """Accumulate one confusion matrix over the whole split and write the report directory."""
     maps = DenseMaps(labels_path, kind="labels")
     index_path = index_of_artifact(maps)
+    maps.check_images(index_path)
     dataset = read_index(index_path)
     samples = {sample.image_id: sample for sample in dataset.samples}
     accumulator = ConfusionAccumulator(len(dataset.class_names), ignore_index=settings["ignore_index"])
@@ -98,5 +100,6 @@ def evaluate_label_maps(labels_path: Path, out_dir: Path, settings: dict[str, An
             title=f"{labels_path.stem} on {dataset.split}",
         )
         (tmp / PROVENANCE_FILE).write_text(dumps(provenance))
+        seal_directory(tmp)
     summary["n_images"] = accumulator.n_images
     return summary

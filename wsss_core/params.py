@@ -7,6 +7,7 @@ deep inside a stage. Sections are plain dicts of `Spec`s (nested dicts for sub-s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class Spec:
-    """One parameter: its type (int, float, str, bool, list), default and constraints."""
+    """One parameter: its type (int, float, str, bool, list), default and constraints.
+
+    Float values must be finite: NaN and +-infinity are rejected for every float (no parameter takes them).
+    """
 
     type: type
     default: Any
@@ -520,6 +524,9 @@ def _check_value(value: Any, spec: Spec, key: str) -> Any:
             if spec.item
             else list(value)
         )
+    if spec.type is float and not math.isfinite(value):
+        # NaN compares False with every bound, so it would slip past min/max; no parameter takes infinity either.
+        raise ParamsError(f"{key}: must be a finite number, got {value!r}")
     if spec.choices is not None and value not in spec.choices:
         allowed = ", ".join(map(str, spec.choices))
         raise ParamsError(f"{key}: {value!r} is not allowed; choose one of: {allowed}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,11 @@ import typer
 
 from wsss_core.params import ParamsError, load_params
 from wsss_core.runlog import run_log
+
+# A full disk or an exhausted quota: the user's environment, not a bug, so a message rather than a traceback.
+_DISK_FULL = {errno.ENOSPC: "no space left on device"}
+if hasattr(errno, "EDQUOT"):  # not on Windows
+    _DISK_FULL[errno.EDQUOT] = "disk quota exceeded"
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -22,11 +29,52 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     return (ParamsError, DatasetError, ArtifactError, CheckpointError)
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+def disk_full_message(error: OSError) -> str:
+    """'<reason> while writing PATH (FREE free on that filesystem)' for an ENOSPC/EDQUOT error.
+
+    PATH is the file the error names; without one (some libraries drop it), the stage's working directory, where
+    stages write their artifacts. Free space is looked up on the nearest existing directory of that path (the file
+    itself is often gone: atomic writes delete their temporary file), and reported as unknown if that fails too.
+    """
+    filename = error.filename
+    if filename is not None:
+        path = Path(filename.decode(errors="replace") if isinstance(filename, bytes) else str(filename))
+        where = str(path)
+    else:
+        path = Path.cwd()
+        where = f"a file under {path} (the error names no file)"
+    try:
+        probe = path.absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = f"{_size(shutil.disk_usage(probe).free)} free on that filesystem"
+    except (OSError, ValueError):
+        free = "free space unknown"
+    return f"{_DISK_FULL[error.errno]} while writing {where} ({free})"
+
+
 def run_stage(name: str, body: Callable[[dict[str, Any], dict[str, Any]], None], params_file: Path) -> None:
-    """Validate the params file, run `body(params, log)` under a run log, and exit 1 with a message on bad input."""
+    """Validate the params file, run `body(params, log)` under a run log, and exit 1 with a message on bad input.
+
+    A full disk or exceeded quota (ENOSPC, EDQUOT) also exits 1, naming the path and the space left; any other
+    OSError propagates with its traceback.
+    """
     try:
         with run_log(name) as log:
             body(load_params(params_file), log)
     except expected_errors() as error:
         print(f"{name}: error: {error}", file=sys.stderr)
+        raise typer.Exit(code=1) from None
+    except OSError as error:
+        if error.errno not in _DISK_FULL:
+            raise
+        print(f"{name}: error: {disk_full_message(error)}", file=sys.stderr)
         raise typer.Exit(code=1) from None

@@ -55,7 +55,7 @@ def generate_cams(index_path: Path, out_dir: Path, params: dict[str, Any]) -> di
     """CLIP-ES CAMs for every image of the index; writes `out_dir/cams_raw.zarr` and `out_dir/cams_caa.zarr`."""
     from wsss_core.cam.clip_es import ClipEs, ClipEsSettings, upsample_cams
     from wsss_core.data.base import read_image
-    from wsss_core.data.index import read_index, read_index_sizes
+    from wsss_core.data.index import read_index, read_index_hashes, read_index_sizes
     from wsss_core.prompts import prompts_for
 
     cams, clip_params = params["cams"], params["models"]["clip"]
@@ -85,6 +85,7 @@ def generate_cams(index_path: Path, out_dir: Path, params: dict[str, Any]) -> di
     patch = clip.patch_size
     sizes = image_sizes if at_image_size else -(-image_sizes // patch)
     channels = max(1, max(len(sample.labels) for sample in dataset.samples))
+    image_hashes = read_index_hashes(index_path)
     writers = {}
     for variant in CAM_VARIANTS:
         provenance = make_provenance(
@@ -103,6 +104,7 @@ def generate_cams(index_path: Path, out_dir: Path, params: dict[str, Any]) -> di
             dtype="float16",
             channels=channels,
             class_names=dataset.class_names,
+            image_sha256=[image_hashes[sample.image_id] for sample in dataset.samples],
             provenance=provenance,
             extra={"resolution": cams["store_resolution"], "patch_size": patch},
         )

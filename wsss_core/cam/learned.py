@@ -167,7 +167,7 @@ def generate_learned_cams(
     resumable like the cams stage)."""
     from wsss_core.cam.generate import load_clip_from_params
     from wsss_core.data.base import read_image
-    from wsss_core.data.index import read_index, read_index_sizes
+    from wsss_core.data.index import read_index, read_index_hashes, read_index_sizes
     from wsss_core.progress import progress
     from wsss_core.prompts.fma import load_prompts
     from wsss_core.provenance import make_provenance
@@ -184,7 +184,7 @@ def generate_learned_cams(
             f"{prompts_dir}: prompts name {prompts.num_foreground} classes, the dataset has {dataset.num_classes - 1}"
         )
     generator = LearnedPromptCams(clip, prompts, LearnedCamSettings(**cam_params))
-    size_of = read_index_sizes(index_path)
+    size_of, image_hashes = read_index_sizes(index_path), read_index_hashes(index_path)
     image_sizes = np.array([size_of[sample.image_id] for sample in dataset.samples])
     provenance = make_provenance(
         out_path.stem,
@@ -207,6 +207,7 @@ def generate_learned_cams(
         dtype="float16",
         channels=max(1, max(len(sample.labels) for sample in dataset.samples)),
         class_names=dataset.class_names,
+        image_sha256=[image_hashes[sample.image_id] for sample in dataset.samples],
         provenance=provenance,
         extra={"resolution": "feature", "patch_size": clip.patch_size},
     )

@@ -124,6 +124,14 @@ def read_index(path: str | Path) -> Dataset:
     )
 
 
+def read_index_hashes(path: str | Path) -> dict[str, str]:
+    """image id -> sha256 of the image file, as the prepare stage recorded it."""
+    from wsss_core.store.table import read_table
+
+    table, _ = read_table(path)
+    return dict(zip(table.column("image_id").to_pylist(), table.column("image_sha256").to_pylist(), strict=True))
+
+
 def read_index_sizes(path: str | Path) -> dict[str, tuple[int, int]]:
     """image id -> (height, width) from an index parquet, without decoding any image."""
     from wsss_core.store.table import read_table

@@ -37,8 +37,12 @@ SYNTHETIC_TEXTURES: dict[str, str] = {
     "cross": "crosshatched",
 }
 
-# What the generator writes into root; an existing root holding anything else is never replaced.
-_GENERATED_NAMES = {"JPEGImages", "SegmentationClass", "Annotations", "ImageSets", "classes.txt"}
+# The generator marks every folder it creates with this file, and replaces or removes only marked folders that hold
+# nothing but what it writes: a user's dataset at the same path (a VOC tree has the same subfolder names) is never
+# touched.
+GENERATED_MARKER = ".wsss_generated"
+_MARKER_TEXT = "written by wsss_core.data.synthetic.generate_synthetic; may be replaced by a new generation\n"
+_GENERATED_NAMES = {"JPEGImages", "SegmentationClass", "Annotations", "ImageSets", "classes.txt", GENERATED_MARKER}
 _PLACEMENT_ATTEMPTS = 40
 _MIN_VISIBLE_FRACTION = 0.4  # an occluded object keeps at least this share of its area, so it stays recognisable
 
@@ -262,10 +266,16 @@ def _annotation_xml(image_id: str, size: tuple[int, int], boxes: list[tuple[int,
 
 
 def _check_replaceable(root: Path) -> None:
-    if not root.exists():
+    """Refuse, naming the path, unless `root` is absent or a folder this generator created and nobody added to."""
+    if not root.exists() and not root.is_symlink():
         return
-    if not root.is_dir():
-        raise DatasetError(f"{root}: exists and is not a folder")
+    if root.is_symlink() or not root.is_dir():
+        raise DatasetError(f"{root}: exists and is not a folder the demo generator created; it will not replace it")
+    if not (root / GENERATED_MARKER).is_file():
+        raise DatasetError(
+            f"{root}: exists and was not created by the demo generator (no {GENERATED_MARKER} marker); it will not "
+            "replace it. Point the generator at a new path, or remove the folder yourself if it is disposable."
+        )
     foreign = sorted(path.name for path in root.iterdir() if path.name not in _GENERATED_NAMES)
     if foreign:
         raise DatasetError(f"{root}: will not replace a folder holding files the generator did not write: {foreign}")
@@ -287,8 +297,10 @@ def generate_synthetic(
     (train_aug = train) and classes.txt (foreground names). Ids run syn_000001, syn_000002, ... over train then val.
     The class of each image's first object cycles through all classes, so any 6 consecutive images show every one.
 
-    The dataset is built beside `root` and renamed into place, so an interrupted run leaves no half dataset; an
-    existing `root` is replaced only if it holds nothing but a previous generation's files.
+    The dataset is built beside `root` and renamed into place, so an interrupted run leaves no half dataset. Every
+    folder it creates carries a `.wsss_generated` marker; an existing `root` (or a leftover `.{name}.partial`) is
+    replaced only if it holds that marker and nothing but a previous generation's files. Anything else, a user's
+    dataset above all, is refused with its path named and left untouched.
 
     Arguments:
       root: output folder.
@@ -307,8 +319,13 @@ def generate_synthetic(
     root = Path(root).expanduser()
     _check_replaceable(root)
     partial = root.parent / f".{root.name}.partial"
-    if partial.exists():
+    if partial.is_dir() and not partial.is_symlink() and not any(partial.iterdir()):
+        partial.rmdir()  # killed between creating our scratch and marking it
+    if partial.exists() or partial.is_symlink():
+        _check_replaceable(partial)
         shutil.rmtree(partial)  # our own scratch from an interrupted run
+    partial.mkdir(parents=True)
+    (partial / GENERATED_MARKER).write_text(_MARKER_TEXT)  # first, so an interrupted run's scratch is ours to remove
     for folder in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
         (partial / folder).mkdir(parents=True)
 
@@ -332,6 +349,7 @@ def generate_synthetic(
     (partial / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTHETIC_CLASSES[1:]))
 
     if root.exists():
+        _check_replaceable(root)  # again: the folder may have appeared while we generated
         shutil.rmtree(root)
     partial.rename(root)
     return root

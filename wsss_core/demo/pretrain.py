@@ -36,12 +36,12 @@ import numpy as np
 import torch
 
 from wsss_core.data.synthetic import SYNTHETIC_CLASSES, render_closeup, render_scene
-from wsss_core.hashing import sha256_bytes
 from wsss_core.params import ParamsError
 from wsss_core.progress import progress
 from wsss_core.provenance import canonical, dumps, make_provenance
 from wsss_core.store.atomic import atomic_directory, atomic_file
-from wsss_core.store.dense import DEFAULT_SCRATCH
+from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
+from wsss_core.store.seal import seal_directory
 
 # Seed-sequence tags: pretraining images are drawn from streams the dataset generator ([seed, position]) never uses.
 SCENE_STREAM = 101
@@ -180,8 +180,8 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
 
 def _state_path(settings: dict[str, Any], domain: dict[str, Any], scratch_root: Path) -> Path:
     """The resumable training state's file, keyed by everything that determines the training."""
-    key = sha256_bytes(json.dumps(canonical({"settings": settings, "domain": domain}), sort_keys=True).encode())
-    return Path(scratch_root) / f"demo_clip-{key[:16]}" / "state.pt"
+    key = resume_key(canonical({"settings": settings, "domain": domain}))
+    return Path(scratch_root) / f"demo_clip-{key}" / "state.pt"
 
 
 def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, curve: list) -> None:
@@ -234,6 +234,7 @@ def pretrain_demo_clip(
     optimizer = torch.optim.AdamW(
         _parameter_groups(model, settings["weight_decay"]), lr=settings["lr"], betas=(0.9, 0.98), eps=1e-6
     )
+    hold_lock(artifact_lock_file(out_dir, scratch_root), str(out_dir))
     state_path = _state_path(settings, domain, Path(scratch_root))
     start, curve = 0, []
     if state_path.is_file():
@@ -295,7 +296,9 @@ def pretrain_demo_clip(
         (tmp / "model.safetensors").chmod(0o644)  # safetensors writes 0600; teammates share artifacts
         (tmp / "model_cfg.json").write_text(json.dumps(cfg, sort_keys=True, indent=1) + "\n")
         (tmp / "provenance.json").write_text(dumps(provenance))
+        seal_directory(tmp)
     state_path.unlink(missing_ok=True)
     if state_path.parent.is_dir() and not any(state_path.parent.iterdir()):
         state_path.parent.rmdir()
+    release_lock(artifact_lock_file(out_dir, scratch_root))
     return Path(out_dir)

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wsss_core.masks.rle import MaskRuns, RleError, empty_runs, runs_from_coco, runs_from_dense
+from wsss_core.store.seal import without_seal
 from wsss_core.store.table import ArtifactError
 
 MASK_SCHEMA = pa.schema(
@@ -213,7 +214,7 @@ class MaskSet:
             raise ArtifactError(f"{self.path}: not a mask artifact split (no {IMAGES_FILE}; has sam_masks run?)")
         try:
             images = pq.read_table(images_path)
-            self.provenance: dict[str, Any] = json.loads((self.path / PROVENANCE_FILE).read_text())
+            self.provenance: dict[str, Any] = without_seal(json.loads((self.path / PROVENANCE_FILE).read_text()))
         except (pa.ArrowInvalid, OSError, json.JSONDecodeError) as error:
             raise ArtifactError(f"{self.path}: unreadable mask artifact ({error})") from error
         self.image_ids: list[str] = images.column("image_id").to_pylist()

@@ -12,7 +12,6 @@ same records whichever process computed them, so the result is byte-identical to
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -24,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wsss_core.hashing import sha256_bytes
 from wsss_core.masks.records import IMAGES_FILE, IMAGES_SCHEMA, MASK_SCHEMA, PROVENANCE_FILE, part_file
 from wsss_core.provenance import canonical, dumps
 from wsss_core.store.atomic import atomic_file
-from wsss_core.store.dense import DEFAULT_SCRATCH
+from wsss_core.store.scratch import DEFAULT_SCRATCH, resume_key
+from wsss_core.store.seal import seal_directory
 from wsss_core.store.table import ArtifactError, write_table
 
 MAX_PARTS = 128
@@ -91,8 +90,7 @@ class MaskWriter:
             "part_images": self.part_images,
             "schema": MASK_SCHEMA.to_string(),
         }
-        key = sha256_bytes(json.dumps(layout, sort_keys=True).encode())[:16]
-        self.work = Path(scratch_root) / f"{artifact}-{name}-{key}"
+        self.work = Path(scratch_root) / f"{artifact}-{name}-{resume_key(layout)}"
         (self.work / "images").mkdir(parents=True, exist_ok=True)
         (self.work / "parts").mkdir(exist_ok=True)
         # Finished single images, from one directory listing (a stat per image per write is too many for COCO).
@@ -154,7 +152,8 @@ class MaskWriter:
             self._finished.discard(index)
 
     def commit_into(self, target: str | Path) -> Path:
-        """Write the finished split directory `target` (which must not exist); the scratch stays until cleanup()."""
+        """Write the finished split directory `target` (which must not exist), sealed (see `store/seal.py`); the scratch
+        stays until cleanup()."""
         missing = self.missing_parts()
         if missing:
             first = self.image_ids[self._part_range(missing[0]).start]
@@ -191,6 +190,7 @@ class MaskWriter:
         )
         write_table(target / IMAGES_FILE, images, self.provenance)
         (target / PROVENANCE_FILE).write_text(dumps(self.provenance))
+        seal_directory(target)
         return target
 
     def cleanup(self) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -32,6 +31,7 @@ from PIL import Image
 from wsss_core.models import resolve_device
 from wsss_core.models.checkpoints import CheckpointError, CheckpointRef, load_state_dict, verify_checkpoint
 from wsss_core.models.compat import ensure_torchvision
+from wsss_core.models.torchscript_archive import read_torchscript_tensors
 
 ensure_torchvision()  # open_clip imports torchvision, which needs this on CPU-only machines
 import open_clip  # noqa: E402
@@ -157,15 +157,15 @@ def read_clip_state_dict(
 ) -> tuple[dict[str, torch.Tensor], CheckpointRef, bool]:
     """Read CLIP weights from a file; return (state dict in open_clip's key names, file reference, is OpenAI format).
 
-    OpenAI's ViT-B-16.pt is a TorchScript archive, which `torch.load(weights_only=True)` refuses; its weights are read
-    with `torch.jit.load` after the file's sha256 was checked (no Python code is unpickled; the program is never run).
+    OpenAI's ViT-B-16.pt is a TorchScript archive, which `torch.load(weights_only=True)` refuses and `torch.jit.load`
+    would run (its code executes on load, e.g. a class's `__setstate__`). Its weights are read as data instead, after
+    the file's sha256 was checked, by `read_torchscript_tensors`: no code of the archive is compiled or run, and an
+    archive that needs more than tensors and module attributes to read is refused with `CheckpointError`.
     """
     path = Path(path)
     if _is_torchscript_archive(path):
         ref = verify_checkpoint(path, expected_sha256, source_hint)
-        with warnings.catch_warnings():  # torch deprecates TorchScript, but OpenAI's release is still one
-            warnings.simplefilter("ignore", DeprecationWarning)
-            state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        state = read_torchscript_tensors(path)
         openai_format = True
     else:
         state, ref = load_state_dict(path, expected_sha256, source_hint)

@@ -27,6 +27,7 @@ from torch import nn
 from wsss_core.models.clip import ClipModel
 from wsss_core.prompts.context import ContextPromptEncoder
 from wsss_core.provenance import canonical
+from wsss_core.store.seal import without_seal
 from wsss_core.store.table import ArtifactError
 
 PROMPT_DESIGNS = ("unified_context", "csc_append_bg_words", "csc_prepend_bg_words", "csc_prepend")
@@ -161,7 +162,7 @@ def load_prompts(clip: ClipModel, directory: str | Path) -> FmaPrompts:
     for required in (provenance_file, tensors_file):
         if not required.is_file():
             raise ArtifactError(f"{directory}: not a prompts artifact ({required.name} missing; has learn run?)")
-    provenance = json.loads(provenance_file.read_text())
+    provenance = without_seal(json.loads(provenance_file.read_text()))
     details = provenance.get("details", {})
     missing = [key for key in ("design", "n_ctx", "foreground_words", "background_words") if key not in details]
     if missing:

@@ -13,7 +13,6 @@ bit, as an uninterrupted one (on the same device and library versions).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from contextlib import nullcontext
@@ -205,7 +204,7 @@ def _task_words(params: dict[str, Any], class_names: tuple[str, ...]) -> tuple[l
     return foreground, background_words(params["background_words"])
 
 
-def _check_seeds(seeds_path: Path, image_ids: list[str]) -> None:
+def _check_seeds(seeds_path: Path, image_ids: list[str], index_path: Path) -> None:
     from wsss_core.store.dense import DenseMaps
     from wsss_core.store.table import ArtifactError
 
@@ -215,6 +214,7 @@ def _check_seeds(seeds_path: Path, image_ids: list[str]) -> None:
     missing = sorted(set(image_ids) - set(seeds.image_ids))
     if missing:
         raise ArtifactError(f"{seeds_path}: no seeds for image {missing[0]!r} of the training index")
+    seeds.check_images(index_path)
 
 
 def _check_params(learn: dict[str, Any], task: str, patch_size: int) -> None:
@@ -255,12 +255,13 @@ def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir:
     write `artifacts_dir/prompts_<task>/` (context tensors + provenance) and `metrics_dir/learn_<task>/` curves."""
     from wsss_core.cam.generate import load_clip_from_params
     from wsss_core.data.index import read_index
-    from wsss_core.hashing import sha256_bytes, sha256_path
+    from wsss_core.hashing import sha256_path
     from wsss_core.prompts.batches import AugmentSettings, TrainingBatches
     from wsss_core.prompts.fma import PROMPTS_FILE, prompts_bytes
     from wsss_core.provenance import canonical, dumps, make_provenance
     from wsss_core.store.atomic import atomic_directory
-    from wsss_core.store.dense import DEFAULT_SCRATCH
+    from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
+    from wsss_core.store.seal import seal_directory
 
     if task not in TASK_OUTPUTS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_OUTPUTS)}")
@@ -283,14 +284,15 @@ def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir:
     seeds_path = None
     if task == "segmentation":
         seeds_path = artifacts_dir / f"seeds_{task_params['seeds']}.zarr"
-        _check_seeds(seeds_path, [sample.image_id for sample in dataset.samples])
+        _check_seeds(seeds_path, [sample.image_id for sample in dataset.samples], index_path)
         upstream["seeds"] = seeds_path
 
     shared_keys = ("amp", "class_names", "background_words", "store_dtype", "training")
     read = {"learn": {key: learn[key] for key in shared_keys}, f"learn.{task}": task_params, "models.clip": clip_params}
     inputs = {"read": read, "upstream": {name: sha256_path(path) for name, path in upstream.items()}}
-    key = sha256_bytes(json.dumps(canonical(inputs), sort_keys=True).encode())[:16]
-    scratch = DEFAULT_SCRATCH / f"prompts_{task}-{key}"
+    out = artifacts_dir / f"prompts_{task}"
+    hold_lock(artifact_lock_file(out), str(out))
+    scratch = DEFAULT_SCRATCH / f"prompts_{task}-{resume_key(canonical(inputs))}"
 
     augment = training["augment"]
     batches = TrainingBatches(
@@ -342,10 +344,11 @@ def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir:
             "final_loss": curve[-1][1],
         },
     )
-    out = artifacts_dir / f"prompts_{task}"
     with atomic_directory(out) as building:
         (building / PROMPTS_FILE).write_bytes(prompts_bytes(prompts, learn["store_dtype"]))
         (building / "provenance.json").write_text(dumps(provenance))
+        seal_directory(building)
     write_curves(metrics_dir / f"learn_{task}", curve)
     shutil.rmtree(scratch, ignore_errors=True)
+    release_lock(artifact_lock_file(out))
     return out

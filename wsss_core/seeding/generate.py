@@ -25,9 +25,7 @@ def open_cams_with_index(cams_path: Path):
     index_path = Path(index_record["path"])
     dataset = read_index(index_path)
     size_of = read_index_sizes(index_path)
-    missing = [image_id for image_id in cams.image_ids if image_id not in size_of]
-    if missing:
-        raise ArtifactError(f"{cams_path}: image {missing[0]!r} is not in its index {index_path}")
+    cams.check_images(index_path)
     return cams, index_path, dataset, size_of
 
 
@@ -40,6 +38,7 @@ def seed_writer(out_path: Path, cams: DenseMaps, size_of: dict, provenance: dict
         sizes=np.array([size_of[image_id] for image_id in cams.image_ids]),
         dtype="uint8",
         class_names=cams.class_names,
+        image_sha256=cams.image_sha256,
         provenance=provenance,
     )
 

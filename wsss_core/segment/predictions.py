@@ -19,7 +19,8 @@ from wsss_core.params import ParamsError
 from wsss_core.progress import progress
 from wsss_core.provenance import canonical, make_provenance
 from wsss_core.segment.networks import Network
-from wsss_core.store.dense import DEFAULT_SCRATCH, DenseMapWriter
+from wsss_core.store.dense import DenseMapWriter
+from wsss_core.store.scratch import DEFAULT_SCRATCH
 from wsss_core.store.table import ArtifactError
 
 
@@ -81,7 +82,7 @@ def write_predictions(
     scratch_root: Path = DEFAULT_SCRATCH,
 ) -> Path:
     """Predict every image of `index_path` with variant `retrain.predict.variants.<name>`; write `out_path`."""
-    from wsss_core.data.index import read_index, read_index_sizes
+    from wsss_core.data.index import read_index, read_index_hashes, read_index_sizes
     from wsss_core.models import resolve_device
     from wsss_core.segment.infer import InferenceSettings, predict_probabilities
     from wsss_core.segment.postprocess import postprocess
@@ -96,7 +97,7 @@ def write_predictions(
     dataset = read_index(index_path)
     if list(dataset.class_names) != segmenter_provenance["details"]["class_names"]:
         raise ArtifactError(f"{index_path}: class names differ from those {segmenter_dir} was trained on")
-    size_of = read_index_sizes(index_path)
+    size_of, image_hashes = read_index_sizes(index_path), read_index_hashes(index_path)
     upstream: dict[str, Path] = {"segmenter": segmenter_dir, "index": index_path}
     masks_source = None
     if settings["postprocess"] == "sams":
@@ -125,6 +126,7 @@ def write_predictions(
         sizes=np.array([size_of[image_id] for image_id in image_ids]),
         dtype="uint8",
         class_names=dataset.class_names,
+        image_sha256=[image_hashes[image_id] for image_id in image_ids],
         provenance=provenance,
         scratch_root=scratch_root,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +19,12 @@ import numpy as np
 
 from wsss_core.audit import PROVENANCE_FILE
 from wsss_core.data.base import Sample, read_image
-from wsss_core.hashing import sha256_bytes
 from wsss_core.params import ParamsError
 from wsss_core.provenance import dumps, make_provenance
 from wsss_core.store.atomic import atomic_directory, atomic_file
-from wsss_core.store.dense import DEFAULT_SCRATCH, DenseMaps
+from wsss_core.store.dense import DenseMaps
+from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
+from wsss_core.store.seal import seal_directory
 from wsss_core.store.table import ArtifactError
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -110,6 +110,7 @@ def retrain(
     seeds_path = artifacts_dir / f"seeds_{settings['seeds']}.zarr"
     seeds = DenseMaps(seeds_path, kind="labels")
     index_path = index_of_artifact(seeds)
+    seeds.check_images(index_path)
     dataset = read_index(index_path)
     if list(dataset.class_names) != list(seeds.class_names):
         raise ArtifactError(f"{seeds_path}: class names differ from its index {index_path}")
@@ -138,8 +139,8 @@ def retrain(
             "std": list(network.std),
         },
     )
-    run_key = sha256_bytes(json.dumps(provenance, sort_keys=True).encode())[:16]
-    work_dir = Path(scratch_root) / f"{out_dir.name}-{run_key}"
+    hold_lock(artifact_lock_file(out_dir, scratch_root), str(out_dir))
+    work_dir = Path(scratch_root) / f"{out_dir.name}-{resume_key(provenance)}"
     work_dir.mkdir(parents=True, exist_ok=True)
     clipping = settings["gradient_clipping"]
     curve = train(
@@ -181,7 +182,9 @@ def retrain(
         save_file(weights, str(tmp / WEIGHTS_FILE))
         (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600, unreadable to teammates sharing the cache
         (tmp / PROVENANCE_FILE).write_text(dumps(provenance))
+        seal_directory(tmp)
     with atomic_file(curve_path, "w") as handle:
         handle.write(curve_csv(curve))
     shutil.rmtree(work_dir)
+    release_lock(artifact_lock_file(out_dir, scratch_root))
     return out_dir

@@ -10,15 +10,18 @@ Images of different sizes share one array by padding; zstd makes the padding alm
 artifact of 10,582 images to about a hundred files, which is what DVC hashes and pushes.
 
 Writing is resumable and atomic: the group is built in a scratch directory keyed by a hash of everything that
-determines its content (layout + provenance); each finished shard leaves a marker, a rerun after a kill skips
-finished shards, and only a complete group is moved into place. Shards are written whole and in one piece, so a
-resumed run produces the same bytes as an uninterrupted one.
+determines its content (layout, provenance and the code, see `store/scratch.py`); each finished shard leaves a
+marker, a rerun after a kill skips finished shards, and only a complete group is moved into place. Shards are
+written whole and in one piece, so a resumed run produces the same bytes as an uninterrupted one. A kill at any
+point of the commit leaves a state the next run restarts from; a second process writing the same artifact is
+refused while the first runs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from wsss_core.hashing import sha256_bytes
 from wsss_core.provenance import canonical
 from wsss_core.store.atomic import replace_directory
+from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
+from wsss_core.store.seal import seal_directory
 from wsss_core.store.table import ArtifactError
 
-DEFAULT_SCRATCH = Path(".wsss_scratch")
 MAX_SHARD_FILES = 128
 
 
@@ -50,6 +53,8 @@ class DenseMapWriter:
       dtype: numpy dtype of the maps (uint8 labels, float16 CAMs, ...).
       channels: None for one map per image, else the maximum number of channels per image.
       class_names: the dataset's class names (index 0 background).
+      image_sha256: the sha256 of each image the maps were computed from (from the dataset index); readers check
+        them against the index they pair the maps with, so maps of an older version of the data are refused.
       provenance: the record from `make_provenance`.
       extra: further JSON attributes (e.g. the resolution a CAM is stored at).
       scratch_root: where unfinished artifacts live between runs.
@@ -66,6 +71,7 @@ class DenseMapWriter:
         dtype: str | np.dtype,
         channels: int | None = None,
         class_names: Sequence[str] = (),
+        image_sha256: Sequence[str] | None = None,
         provenance: dict[str, Any],
         extra: dict[str, Any] | None = None,
         scratch_root: str | Path = DEFAULT_SCRATCH,
@@ -79,6 +85,8 @@ class DenseMapWriter:
             raise ValueError(f"{self.path}: duplicate image ids")
         if len(self.image_ids) == 0:
             raise ValueError(f"{self.path}: no images to write")
+        if image_sha256 is not None and len(image_sha256) != len(self.image_ids):
+            raise ValueError(f"{self.path}: {len(image_sha256)} image hashes for {len(self.image_ids)} images")
         self.dtype = np.dtype(dtype)
         self.channels = channels
         self.shard_images = shard_images or default_shard_images(len(self.image_ids))
@@ -86,6 +94,7 @@ class DenseMapWriter:
             {
                 "kind": kind,
                 "image_ids": self.image_ids,
+                "image_sha256": None if image_sha256 is None else list(image_sha256),
                 "class_names": list(class_names),
                 "provenance": provenance,
                 "extra": extra or {},
@@ -99,14 +108,21 @@ class DenseMapWriter:
             "shard_images": self.shard_images,
             "compression_level": compression_level,
         }
-        key = sha256_bytes(json.dumps(layout, sort_keys=True).encode())[:16]
-        self.work = Path(scratch_root) / f"{self.path.name}-{key}"
+        self.work = Path(scratch_root) / f"{self.path.name}-{resume_key(layout)}"
         self.group_path = self.work / self.path.name
         self.done_dir = self.work / "done"
+        self._locks = [artifact_lock_file(self.path, scratch_root), self.work.with_name(self.work.name + ".lock")]
+        for lock in self._locks:
+            hold_lock(lock, f"{self.path} (scratch {self.work})")
         self._buffer: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        if not self.done_dir.is_dir():
-            self._create(compression_level)
+        shutil.rmtree(self._retired, ignore_errors=True)  # a scratch a killed commit was removing
+        if not (self.done_dir.is_dir() and (self.group_path / "zarr.json").is_file()):
+            self._create(compression_level)  # fresh, or killed while creating, or killed after its group moved out
         self._group = _open_group(self.group_path, mode="r+")
+
+    @property
+    def _retired(self) -> Path:
+        return self.work.with_name(self.work.name + ".retired")
 
     @property
     def n_shards(self) -> int:
@@ -191,13 +207,21 @@ class DenseMapWriter:
         (self.done_dir / str(shard)).touch()
 
     def commit(self) -> Path:
-        """Move the finished group into place and drop the scratch directory."""
+        """Move the finished group into place and drop the scratch directory.
+
+        Each step leaves a state a rerun recovers from: the group moves whole (see `replace_directory`), then the
+        scratch is renamed to `.retired` in one step before it is deleted, so its shard markers never outlive it.
+        """
         missing = [s for s in range(self.n_shards) if not self._shard_done(s)]
         if missing:
             first = self.image_ids[self._shard_range(missing[0]).start]
             raise RuntimeError(f"{self.path}: {len(missing)} shards unfinished (first image {first!r})")
+        seal_directory(self.group_path)  # its own content hash, which `wsss audit` checks
         replace_directory(self.group_path, self.path)
-        shutil.rmtree(self.work)
+        os.replace(self.work, self._retired)
+        shutil.rmtree(self._retired)
+        for lock in self._locks:
+            release_lock(lock)
         return self.path
 
 
@@ -232,6 +256,7 @@ class DenseMaps:
             raise ArtifactError(f"{self.path}: holds {attributes['kind']!r} maps, expected {kind!r}")
         self.kind: str = attributes["kind"]
         self.image_ids: list[str] = attributes["image_ids"]
+        self.image_sha256: list[str] | None = attributes.get("image_sha256")
         self.class_names: list[str] = attributes["class_names"]
         self.provenance: dict[str, Any] = attributes["provenance"]
         self.extra: dict[str, Any] = attributes["extra"]
@@ -244,6 +269,25 @@ class DenseMaps:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def check_images(self, index_path: str | Path) -> None:
+        """Refuse maps that were not computed from the images `index_path` lists now (by image id and sha256).
+
+        Regenerated or replaced data keeps its image ids; only the hashes tell that the maps belong to old images.
+        """
+        from wsss_core.data.index import read_index_hashes
+
+        if self.image_sha256 is None:
+            raise ArtifactError(f"{self.path}: records no image hashes (written by an older version); rerun its stage")
+        current = read_index_hashes(index_path)
+        for image_id, recorded in zip(self.image_ids, self.image_sha256, strict=True):
+            if image_id not in current:
+                raise ArtifactError(f"{self.path}: image {image_id!r} is not in the index {index_path}")
+            if current[image_id] != recorded:
+                raise ArtifactError(
+                    f"{self.path}: computed from another version of image {image_id!r} than {index_path} lists "
+                    f"(sha256 {recorded[:12]} then, {current[image_id][:12]} now); rerun the stage that wrote it"
+                )
 
     def index_of(self, image_id: str) -> int:
         try:
