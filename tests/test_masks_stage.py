@@ -153,7 +153,8 @@ def test_sams_seeds_use_the_masks_and_refuse_masks_of_other_images(prepared):
     Image.fromarray(pixels).save(changed, quality=95)
     run_ok("prepare")
     result = invoke("sams_seeds", "sams")
-    assert result.exit_code == 1 and "cams_caa.zarr: computed from another version of image 'syn_000003'" in result.output
+    assert result.exit_code == 1
+    assert "cams_caa.zarr: computed from another version of image 'syn_000003'" in result.output
     run_ok("cams")  # the CAMs follow the new image; the masks still do not
     result = invoke("sams_seeds", "sams")
     assert result.exit_code == 1
