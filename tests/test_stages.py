@@ -48,7 +48,6 @@ def run_to_seed_metrics(variants: tuple[str, ...] = ("cam", "crf")) -> None:
         run_ok("evaluate", f"seeds_{variant}")
 
 
-
 def kill_cams_on_fourth_image(monkeypatch):
     """Run the cams stage until it dies on its fourth image, as a kill would; return the undisturbed ClipEs call."""
     from wsss_core.cam import clip_es
@@ -67,6 +66,7 @@ def kill_cams_on_fourth_image(monkeypatch):
         with pytest.raises(Killed):
             invoke("cams")
     return original
+
 
 def test_pipeline_from_data_to_metrics(project):
     run_to_seed_metrics()
@@ -134,7 +134,6 @@ def test_cams_resume_after_a_kill_gives_the_same_bytes(project, monkeypatch):
     assert sha256_path(project / "artifacts" / "cams_caa.zarr") == expected
 
 
-
 def test_cams_resumed_after_a_code_change_recompute_every_image(project, monkeypatch):
     # The reliability issue's reproduction: kill cams half-way, change the CAM code, rerun.
     from wsss_core.cam import clip_es
@@ -154,6 +153,7 @@ def test_cams_resumed_after_a_code_change_recompute_every_image(project, monkeyp
     run_ok("cams", "--out-dir", "reference")  # the new code from scratch
     for name in ("cams_raw.zarr", "cams_caa.zarr"):
         assert sha256_path(project / "artifacts" / name) == sha256_path(project / "reference" / name)
+
 
 def test_corrupted_image_stops_prepare_with_its_name_and_keeps_no_index(project):
     run_ok("demo_data")
