@@ -12,9 +12,8 @@ from wsss_core.metrics.confusion import ConfusionAccumulator
 from wsss_core.metrics.report import write_report
 from wsss_core.progress import progress
 from wsss_core.provenance import dumps, make_provenance
-from wsss_core.store.atomic import atomic_directory
 from wsss_core.store.dense import DenseMaps
-from wsss_core.store.seal import seal_directory
+from wsss_core.store.seal import sealed_directory
 from wsss_core.store.table import ArtifactError
 
 
@@ -91,7 +90,7 @@ def evaluate_label_maps(labels_path: Path, out_dir: Path, settings: dict[str, An
         upstream=upstream,
         details={"split": dataset.split, "n_images": accumulator.n_images},
     )
-    with atomic_directory(out_dir) as tmp:
+    with sealed_directory(out_dir) as tmp:
         summary = write_report(
             tmp,
             accumulator.matrix,
@@ -100,6 +99,5 @@ def evaluate_label_maps(labels_path: Path, out_dir: Path, settings: dict[str, An
             title=f"{labels_path.stem} on {dataset.split}",
         )
         (tmp / PROVENANCE_FILE).write_text(dumps(provenance))
-        seal_directory(tmp)
     summary["n_images"] = accumulator.n_images
     return summary

@@ -39,9 +39,9 @@ from wsss_core.data.synthetic import SYNTHETIC_CLASSES, render_closeup, render_s
 from wsss_core.params import ParamsError
 from wsss_core.progress import progress
 from wsss_core.provenance import canonical, dumps, make_provenance
-from wsss_core.store.atomic import atomic_directory, atomic_file
+from wsss_core.store.atomic import atomic_file
 from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
-from wsss_core.store.seal import seal_directory
+from wsss_core.store.seal import sealed_directory
 
 # Seed-sequence tags: pretraining images are drawn from streams the dataset generator ([seed, position]) never uses.
 SCENE_STREAM = 101
@@ -291,12 +291,11 @@ def pretrain_demo_clip(
             "labels": "image-level only (captions name the classes drawn); no mask is used",
         },
     )
-    with atomic_directory(out_dir) as tmp:
+    with sealed_directory(out_dir) as tmp:
         save_file(weights, str(tmp / "model.safetensors"))
         (tmp / "model.safetensors").chmod(0o644)  # safetensors writes 0600; teammates share artifacts
         (tmp / "model_cfg.json").write_text(json.dumps(cfg, sort_keys=True, indent=1) + "\n")
         (tmp / "provenance.json").write_text(dumps(provenance))
-        seal_directory(tmp)
     state_path.unlink(missing_ok=True)
     if state_path.parent.is_dir() and not any(state_path.parent.iterdir()):
         state_path.parent.rmdir()

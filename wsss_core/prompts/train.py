@@ -259,9 +259,8 @@ def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir:
     from wsss_core.prompts.batches import AugmentSettings, TrainingBatches
     from wsss_core.prompts.fma import PROMPTS_FILE, prompts_bytes
     from wsss_core.provenance import canonical, dumps, make_provenance
-    from wsss_core.store.atomic import atomic_directory
     from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
-    from wsss_core.store.seal import seal_directory
+    from wsss_core.store.seal import sealed_directory
 
     if task not in TASK_OUTPUTS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_OUTPUTS)}")
@@ -344,10 +343,9 @@ def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir:
             "final_loss": curve[-1][1],
         },
     )
-    with atomic_directory(out) as building:
+    with sealed_directory(out) as building:
         (building / PROMPTS_FILE).write_bytes(prompts_bytes(prompts, learn["store_dtype"]))
         (building / "provenance.json").write_text(dumps(provenance))
-        seal_directory(building)
     write_curves(metrics_dir / f"learn_{task}", curve)
     shutil.rmtree(scratch, ignore_errors=True)
     release_lock(artifact_lock_file(out))

@@ -21,10 +21,10 @@ from wsss_core.audit import PROVENANCE_FILE
 from wsss_core.data.base import Sample, read_image
 from wsss_core.params import ParamsError
 from wsss_core.provenance import dumps, make_provenance
-from wsss_core.store.atomic import atomic_directory, atomic_file
+from wsss_core.store.atomic import atomic_file
 from wsss_core.store.dense import DenseMaps
 from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
-from wsss_core.store.seal import seal_directory
+from wsss_core.store.seal import sealed_directory
 from wsss_core.store.table import ArtifactError
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -178,11 +178,10 @@ def retrain(
         on_step=on_step,
     )
     weights = {key: value.detach().cpu().contiguous() for key, value in network.module.state_dict().items()}
-    with atomic_directory(out_dir) as tmp:
+    with sealed_directory(out_dir) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
         (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600, unreadable to teammates sharing the cache
         (tmp / PROVENANCE_FILE).write_text(dumps(provenance))
-        seal_directory(tmp)
     with atomic_file(curve_path, "w") as handle:
         handle.write(curve_csv(curve))
     shutil.rmtree(work_dir)

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from wsss_core.hashing import sha256_path
 from wsss_core.provenance import dumps
+from wsss_core.store.atomic import atomic_directory
 from wsss_core.store.table import CONTENT_KEY, ArtifactError, table_content_sha256
 
 SEAL_KEY = "content_sha256"
@@ -64,6 +67,14 @@ def seal_directory(path: str | Path) -> str:
     scratch.write_text(dumps(data))
     os.replace(scratch, meta)
     return digest
+
+
+@contextmanager
+def sealed_directory(path: str | Path) -> Iterator[Path]:
+    """`atomic_directory` for an artifact with a provenance.json: the finished copy is sealed, then moved into place."""
+    with atomic_directory(path) as building:
+        yield building
+        seal_directory(building)
 
 
 def without_seal(provenance: dict[str, Any]) -> dict[str, Any]:
