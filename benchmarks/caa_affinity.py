@@ -35,10 +35,10 @@ def same_class_share(affinity: np.ndarray, patch_labels: np.ndarray) -> float:
 def main() -> None:
     from wsss_core.cam.caa import attention_affinity, trace_affinity
     from wsss_core.cam.clip_es import ClipEsSettings
-    from wsss_core.cam.generate import load_clip_from_params
     from wsss_core.data.base import read_image, read_mask
     from wsss_core.data.index import read_index
-    from wsss_core.models.clip import VisualRunner, prepare_image
+    from wsss_core.models.clip_visual import VisualRunner, prepare_image
+    from wsss_core.models.loading import clip_from_params
     from wsss_core.params import load_params
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,7 +49,7 @@ def main() -> None:
 
     params = load_params(args.params)
     cams = params["cams"]
-    clip = load_clip_from_params(params["models"]["clip"], "cpu")
+    clip = clip_from_params(params["models"]["clip"], "cpu")
     runner = VisualRunner(clip)
     layers, caa_layers, patch = runner.num_layers, cams["caa_layers"], clip.patch_size
     by_features = ClipEsSettings(

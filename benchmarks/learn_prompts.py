@@ -39,10 +39,11 @@ def synthetic_batch(batch_size: int, size: int, generator) -> dict:
 def measure(task: str, repeats: int, device: str, batch_size: int) -> dict:
     import torch
 
-    from wsss_core.models.clip import VisualRunner, load_clip
+    from wsss_core.drivers.learn import batch_loss
+    from wsss_core.models.clip import load_clip
+    from wsss_core.models.clip_visual import VisualRunner
     from wsss_core.prompts import CLIP_ES_BACKGROUND_VOC, CLIP_ES_VOC_NAMES
     from wsss_core.prompts.fma import FmaPrompts
-    from wsss_core.prompts.train import batch_loss
 
     torch.manual_seed(0)
     clip = load_clip("ViT-B-16", random_init=True, device=device)

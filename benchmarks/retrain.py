@@ -20,13 +20,13 @@ import time
 
 def load_clip_for_benchmark(clip_params: dict, device):
     """The demo's CLIP, or the same architecture with random weights when its checkpoint is not there."""
-    from wsss_core.cam.generate import load_clip_from_params
     from wsss_core.models.checkpoints import CheckpointError
+    from wsss_core.models.loading import clip_from_params
 
     try:
-        return load_clip_from_params(clip_params, device)
+        return clip_from_params(clip_params, device)
     except CheckpointError:
-        return load_clip_from_params({**clip_params, "checkpoint": None, "random_init": True}, device)
+        return clip_from_params({**clip_params, "checkpoint": None, "random_init": True}, device)
 
 
 def random_data(count: int, size: tuple[int, int], num_classes: int):

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 dvc repro "$@"
+dvc repro demo/dvc.yaml:demo_report  # the report of every evaluated artifact
 dvc metrics show

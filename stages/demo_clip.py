@@ -23,8 +23,8 @@ def main(
         from wsss_core.demo.pretrain import pretrain_demo_clip
 
         settings = params["demo"]["clip"]
-        synthetic = params["dataset"]["synthetic"]
-        domain = {"min_objects": synthetic["min_objects"], "max_objects": synthetic["max_objects"]}
+        data = params["demo"]["data"]
+        domain = {"min_objects": data["min_objects"], "max_objects": data["max_objects"]}
         written = pretrain_demo_clip(
             out_dir, curve, settings, domain, device=device if device is not None else settings["device"]
         )

@@ -26,8 +26,7 @@ def main(
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
         from wsss_core.data.synthetic import generate_synthetic
 
-        dataset = params["dataset"]
-        settings = dataset["synthetic"]
+        dataset, settings = params["dataset"], params["demo"]["data"]
         if dataset["kind"] == "synthetic" and Path(dataset["root"]).resolve() != out.resolve():
             print(f"demo_data: note: generating {out}, but dataset.root is {dataset['root']}", file=sys.stderr)
         generate_synthetic(

@@ -25,7 +25,7 @@ def main(
     out_root: Path = typer.Option(Path("metrics")),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
-        from wsss_core.evaluation import evaluate_label_maps
+        from wsss_core.drivers.evaluate import evaluate_label_maps
 
         summary = evaluate_label_maps(artifacts / f"{name}.zarr", out_root / name, params["evaluate"])
         log.update({"miou": summary["miou"], "n_images": summary["n_images"]})

@@ -1,8 +1,8 @@
-"""learn stage: FMA-WSSS prompt learning for one task on a frozen CLIP -> artifacts/prompts_<task>/.
+"""learn stage: one FMA-WSSS prompt learning run (`learn.runs.<name>`) on a frozen CLIP -> artifacts/prompts_<name>/.
 
-classification: unified-context prompts, multi-label contrastive loss on the image-level labels.
-segmentation: class-specific prompts, CAM activation loss against the coarse seeds (learn.segmentation.seeds).
-Loss and learning-rate curves go to metrics/learn_<task>/ for `dvc plots`.
+task classification: multi-label contrastive loss on the image-level labels.
+task segmentation: CAM activation loss against the seeds the run reads (learn.runs.<name>.reads).
+Loss and learning-rate curves go to metrics/learn_<name>/ for `dvc plots`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    task: str = typer.Argument(..., help="classification or segmentation"),
+    name: str = typer.Argument(..., help="a key of learn.runs"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
     index_dir: Path = typer.Option(Path("artifacts/index")),
     artifacts: Path = typer.Option(Path("artifacts")),
@@ -27,18 +27,17 @@ def main(
     device: str = typer.Option(None, help="overrides learn.device (auto: CUDA when present)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
-        from wsss_core.params import ParamsError
-        from wsss_core.prompts.train import TASK_OUTPUTS, learn_prompts
+        from wsss_core.drivers.learn import learn_prompts
+        from wsss_core.params import require_entry
 
-        if task not in TASK_OUTPUTS:
-            raise ParamsError(f"learn: task {task!r} is not one of: {', '.join(TASK_OUTPUTS)}")
+        require_entry(params, "learn.runs", name)
         if device is not None:
             params["learn"]["device"] = device
         split = params["dataset"]["train_split"]
-        written = learn_prompts(task, index_dir / f"{split}.parquet", artifacts, metrics, params)
+        written = learn_prompts(name, index_dir / f"{split}.parquet", artifacts, metrics, params)
         log["artifacts"] = {"prompts": str(written)}
 
-    run_stage(f"learn_{task}", body, params_file)
+    run_stage(f"learn_{name}", body, params_file)
 
 
 if __name__ == "__main__":

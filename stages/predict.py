@@ -23,7 +23,7 @@ def main(
     device: str = typer.Option(None, help="overrides retrain.device (auto: CUDA when present)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
-        from wsss_core.segment.predictions import write_predictions
+        from wsss_core.drivers.predict import write_predictions
 
         if device is not None:
             params["retrain"]["device"] = device

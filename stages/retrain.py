@@ -21,7 +21,7 @@ def main(
     device: str = typer.Option(None, help="overrides retrain.device (auto: CUDA when present)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
-        from wsss_core.segment.retrain import retrain
+        from wsss_core.drivers.retrain import retrain
 
         if device is not None:
             params["retrain"]["device"] = device

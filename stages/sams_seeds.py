@@ -17,22 +17,16 @@ def main(
     name: str = typer.Argument(..., help="a key of seeds.sams.variants in params.yaml"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
     artifacts: Path = typer.Option(Path("artifacts")),
-    masks: Path = typer.Option(Path("artifacts/sam_masks"), help="the sam_masks artifact (computed or imported)"),
+    masks: Path = typer.Option(None, help="default: artifacts/masks_<the variant's masks> (computed or imported)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
-        from wsss_core.params import ParamsError
-        from wsss_core.seeding.sams_seeds import make_sams_seeds
+        from wsss_core.drivers.sams_seeds import make_sams_seeds
+        from wsss_core.params import require_entry
 
-        variants = params["seeds"]["sams"]["variants"]
-        if name not in variants:
-            raise ParamsError(f"seeds.sams.variants.{name}: no such SAMS variant; defined: {', '.join(variants)}")
-        if name in params["seeds"]["variants"]:
-            raise ParamsError(
-                f"seeds.sams.variants.{name}: seeds.variants has this name too; both would write "
-                f"artifacts/seeds_{name}.zarr"
-            )
-        settings = variants[name]
-        make_sams_seeds(artifacts / f"{settings['cams']}.zarr", masks, artifacts / f"seeds_{name}.zarr", name, settings)
+        settings = require_entry(params, "seeds.sams.variants", name)
+        masks_dir = masks or artifacts / f"masks_{settings['masks']}"
+        cams = artifacts / f"{settings['cams']}.zarr"
+        make_sams_seeds(cams, masks_dir, artifacts / f"seeds_{name}.zarr", name, settings)
 
     run_stage(f"seeds_{name}", body, params_file)
 

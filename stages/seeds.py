@@ -19,8 +19,8 @@ def main(
     artifacts: Path = typer.Option(Path("artifacts")),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
+        from wsss_core.drivers.seeds import make_seeds
         from wsss_core.params import ParamsError
-        from wsss_core.seeding.generate import make_seeds
 
         variants = params["seeds"]["variants"]
         if name not in variants:

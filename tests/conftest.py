@@ -27,40 +27,40 @@ TINY_DEMO_CLIP_CFG = {
 def small_params() -> dict:
     """The shipped params.yaml with a small dataset and a tiny random CLIP."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["dataset"]["synthetic"].update({"n_train": 6, "n_val": 3, "image_size": [64, 64]})
+    params["demo"]["data"].update({"n_train": 6, "n_val": 3, "image_size": [64, 64]})
     params["models"]["clip"].update(
         {"arch": "tiny", "pretrained": None, "checkpoint": None, "model_cfg": TINY_CLIP_CFG, "random_init": True}
     )
-    if "demo" in params:  # the demo CLIP: a few steps of a one-block CLIP on 32x32 images (a 4x4 token grid)
-        params["demo"]["clip"].update(
-            {
-                "device": "cpu",
-                "scenes": 12,
-                "closeups": 6,
-                "steps": 3,
-                "batch_size": 6,
-                "warmup_steps": 1,
-                "checkpoint_every": 2,
-                "model_cfg": TINY_DEMO_CLIP_CFG,
-            }
-        )
-    params["cams"].update({"caa_layers": 2, "device": "cpu"})
-    if "learn" in params:  # FMA-WSSS prompt learning: 32x32 crops (a 2x2 token grid), a few iterations
-        learn = params["learn"]
-        learn.update({"device": "cpu", "checkpoint_every": 2})
-        learn["training"].update({"batch_size": 4, "warmup_iterations": 1})
-        learn["training"]["augment"].update({"long_side": [48, 64], "min_short_side": 32, "crop": 32})
-        for task in ("classification", "segmentation"):
-            learn[task].update({"n_ctx": 4, "iterations": 4})
-        for cams in ("coarse_cams", "fine_cams"):
-            learn[cams]["caa_layers"] = 2
-    if "retrain" in params:  # retraining: a few updates of a narrow WeCLIP head on 48x48 crops
-        retrain = params["retrain"]
-        retrain["device"] = "cpu"
-        retrain["schedule"].update(
-            {"iterations": 4, "batch_size": 2, "crop_size": 48, "checkpoint_every": 2, "warmup_iterations": 2}
-        )
-        retrain["weclip_head"].update({"embedding_dim": 32, "heads": 4})
+    # the demo CLIP: a few steps of a one-block CLIP on 32x32 images (a 4x4 token grid)
+    params["demo"]["clip"].update(
+        {
+            "device": "cpu",
+            "scenes": 12,
+            "closeups": 6,
+            "steps": 3,
+            "batch_size": 6,
+            "warmup_steps": 1,
+            "checkpoint_every": 2,
+            "model_cfg": TINY_DEMO_CLIP_CFG,
+        }
+    )
+    params["cams"]["device"] = "cpu"
+    for run in params["cams"]["runs"].values():
+        run["caa_layers"] = 2
+    # FMA-WSSS prompt learning: 32x32 crops (a 2x2 token grid), a few iterations
+    learn = params["learn"]
+    learn.update({"device": "cpu", "checkpoint_every": 2})
+    learn["training"].update({"batch_size": 4, "warmup_iterations": 1})
+    learn["training"]["augment"].update({"long_side": [48, 64], "min_short_side": 32, "crop": 32})
+    for run in learn["runs"].values():
+        run.update({"n_ctx": 4, "iterations": 4})
+    # retraining: a few updates of a narrow WeCLIP head on 48x48 crops
+    retrain = params["retrain"]
+    retrain["device"] = "cpu"
+    retrain["schedule"].update(
+        {"iterations": 4, "batch_size": 2, "crop_size": 48, "checkpoint_every": 2, "warmup_iterations": 2}
+    )
+    retrain["weclip_head"].update({"embedding_dim": 32, "heads": 4})
     return params
 
 

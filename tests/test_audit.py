@@ -132,7 +132,7 @@ def test_changed_chunk_of_the_audited_dense_artifact_is_caught(chain, deep):
 def test_changed_file_of_an_evaluation_report_is_caught(project):
     from tests.test_stages import run_ok
     from wsss_core.data.index import read_index_hashes, read_index_sizes
-    from wsss_core.evaluation import evaluate_label_maps
+    from wsss_core.drivers.evaluate import evaluate_label_maps
     from wsss_core.params import load_params
 
     run_ok("demo_data")

@@ -211,10 +211,11 @@ def test_the_cams_stage_loads_the_demo_clip_and_records_its_hash(project):
         params["models"]["clip"].update(
             {"arch": "demo-clip", "checkpoint": str(model_file), "model_cfg": TINY_DEMO_CLIP_CFG, "random_init": False}
         )
-        params["cams"]["caa_layers"] = 1  # the tiny demo CLIP has one block
+        for run in params["cams"]["runs"].values():
+            run["caa_layers"] = 1  # the tiny demo CLIP has one block
 
     edit_params(use_the_demo_clip)
-    run_ok("cams")
+    run_ok("cams", "raw")
     from wsss_core.store import DenseMaps
 
     cams = DenseMaps("artifacts/cams_raw.zarr", kind="cams")

@@ -30,19 +30,41 @@ def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def copy_pipeline(project: Path) -> None:
+    """The pipeline's code and both dvc.yaml files (root and demo) in `project`, a fresh git + DVC repository."""
+    for name in ("dvc.yaml", ".dvcignore", "demo/dvc.yaml"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, project / name)
+    for folder in ("stages", "wsss_core"):
+        shutil.copytree(ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    dvc(project, "init", "-q")
+    dvc(project, "config", "core.analytics", "false")
+
+
+def demo_clip_params(params: dict) -> dict:
+    """`params` reading the demo pipeline's CLIP (tiny here) from its file, as the shipped params do."""
+    params["models"]["clip"].update(
+        {
+            "arch": "demo-clip",
+            "pretrained": None,
+            "checkpoint": "artifacts/demo_clip/model.safetensors",
+            "model_cfg": params["demo"]["clip"]["model_cfg"],
+            "random_init": False,
+        }
+    )
+    for run in params["cams"]["runs"].values():
+        run["caa_layers"] = 1  # the tiny demo CLIP has one block
+    return params
+
+
 @pytest.fixture
 def dvc_project(tmp_path) -> Path:
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    for folder in ("stages", "wsss_core"):
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    params = small_params()
+    copy_pipeline(tmp_path)
+    params = demo_clip_params(small_params())
     params["seeds"]["variants"] = {"cam": params["seeds"]["variants"]["cam"], "crf": params["seeds"]["variants"]["crf"]}
     params["retrain"]["seeds"] = "cam"  # retrain from the other variant than the one the test changes below
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    dvc(tmp_path, "init", "-q")
-    dvc(tmp_path, "config", "core.analytics", "false")
     return tmp_path
 
 
@@ -51,36 +73,44 @@ PREDICTIONS = ("plain", "crf", "sams")  # retrain.predict.variants of the shippe
 
 def test_repro_is_incremental(dvc_project):
     first = stages_run(dvc(dvc_project, "repro"))
-    assert first.index("demo_data") < first.index("prepare") and first.index("demo_clip") < first.index("cams")
-    assert first[-1] == "demo_report"  # reads every metrics directory, so it runs last
+    demo = ["demo/dvc.yaml:demo_data", "demo/dvc.yaml:demo_clip"]  # ancestors through dataset.root, the CLIP's file
+    assert first.index(demo[0]) < first.index("prepare") and first.index(demo[1]) < first.index("cams@raw")
     seeds_and_metrics = ["evaluate@cam", "evaluate@crf", "seeds@cam", "seeds@crf"]
-    sams = ["sam_masks", "sams_seeds@sams", "evaluate_sams@sams"]  # the demo's SAMS variant and its masks
-    fma = ["learn_classification", "cams_coarse", "sams_seeds@coarse", "evaluate_sams@coarse"]  # FMA-WSSS chain
-    fma += ["learn_segmentation", "cams_fine", "sams_seeds@fine", "evaluate_sams@fine"]
+    sams = ["sam_masks@felzenszwalb", "sams_seeds@sams", "evaluate_sams@sams"]  # the demo's SAMS variant, its masks
+    fma = ["learn@classification", "cams@coarse", "sams_seeds@coarse", "evaluate_sams@coarse"]  # FMA-WSSS chain
+    fma += ["learn@segmentation", "cams@fine", "sams_seeds@fine", "evaluate_sams@fine"]
     retrain = ["retrain"] + [f"{stage}@{name}" for stage in ("predict", "evaluate_predictions") for name in PREDICTIONS]
-    demo = ["demo_data", "prepare", "demo_clip", "demo_report"]
-    assert sorted(first) == sorted([*demo, "cams", *seeds_and_metrics, *sams, *fma, *retrain])
+    cams = ["cams@raw", "cams@caa"]
+    assert sorted(first) == sorted([*demo, "prepare", *cams, *seeds_and_metrics, *sams, *fma, *retrain])
     assert first.index("seeds@cam") < first.index("retrain") < first.index("predict@plain")
-    assert first.index("sams_seeds@coarse") < first.index("learn_segmentation") < first.index("cams_fine")
+    assert first.index("sams_seeds@coarse") < first.index("learn@segmentation") < first.index("cams@fine")
     assert (dvc_project / "metrics" / "seeds_crf" / "metrics.json").is_file()
+    assert not (dvc_project / "reports" / "demo.md").exists()  # the report belongs to the demo pipeline
+    assert stages_run(dvc(dvc_project, "repro", "demo/dvc.yaml:demo_report")) == ["demo/dvc.yaml:demo_report"]
+    assert "seeds_crf" in (dvc_project / "reports" / "demo.md").read_text()
 
     assert stages_run(dvc(dvc_project, "repro")) == []
 
     params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    for device in ("cuda", "cpu"):  # a device is where a stage runs, not what it computes: nothing reruns
+        for section in ("cams", "learn", "sam_masks", "retrain"):
+            params[section]["device"] = device
+        (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert stages_run(dvc(dvc_project, "repro")) == []
+
     params["seeds"]["variants"]["crf"]["crf"]["confidence"] = 0.8
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(dvc(dvc_project, "repro")) == ["seeds@crf", "evaluate@crf", "demo_report"]
+    assert stages_run(dvc(dvc_project, "repro")) == ["seeds@crf", "evaluate@crf"]
 
     params["retrain"]["predict"]["variants"]["crf"]["crf"]["iterations"] = 5  # only that prediction reruns
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_run(dvc(dvc_project, "repro")) == ["predict@crf", "evaluate_predictions@crf", "demo_report"]
+    assert stages_run(dvc(dvc_project, "repro")) == ["predict@crf", "evaluate_predictions@crf"]
 
-    params["cams"]["box_threshold"] = 0.5
+    params["cams"]["runs"]["raw"]["box_threshold"] = 0.5  # one CAM run's setting: that run and its readers
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = stages_run(dvc(dvc_project, "repro"))
-    assert rerun[0] == "cams" and "prepare" not in rerun and "demo_data" not in rerun and "demo_clip" not in rerun
+    assert rerun[0] == "cams@raw" and sorted(rerun) == sorted(["cams@raw", "seeds@cam", "evaluate@cam", *retrain])
 
-    params["learn"]["fine_cams"]["box_threshold"] = 0.6  # only the end of the FMA-WSSS chain reruns
+    params["cams"]["runs"]["fine"]["box_threshold"] = 0.6  # only the end of the FMA-WSSS chain reruns
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    rerun = stages_run(dvc(dvc_project, "repro"))
-    assert rerun == ["cams_fine", "sams_seeds@fine", "evaluate_sams@fine", "demo_report"]
+    assert stages_run(dvc(dvc_project, "repro")) == ["cams@fine", "sams_seeds@fine", "evaluate_sams@fine"]

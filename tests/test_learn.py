@@ -19,7 +19,9 @@ from wsss_core.audit import audit
 from wsss_core.cam.gradcam import softmax_gradcam
 from wsss_core.cam.learned import LearnedCamSettings, LearnedPromptCams, gradcams_of_present
 from wsss_core.hashing import sha256_path
-from wsss_core.models.clip import ClipModel, VisualRunner, encode_text, load_clip
+from wsss_core.models.clip import ClipModel, load_clip
+from wsss_core.models.clip_text import encode_text
+from wsss_core.models.clip_visual import VisualRunner
 from wsss_core.prompts.fma import PROMPTS_FILE, FmaPrompts, load_prompts, prompts_bytes
 from wsss_core.provenance import dumps, make_provenance
 from wsss_core.store import DenseMaps
@@ -170,7 +172,7 @@ def tiny_batch(num_foreground: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("design", "loss"), [("csc_prepend", "cal"), ("unified_context", "mcl")])
 def test_gradients_reach_the_prompts_and_clip_stays_bit_identical(clip, design, loss):
-    from wsss_core.prompts.train import batch_loss
+    from wsss_core.drivers.learn import batch_loss
 
     prompts = FmaPrompts(clip, design, FOREGROUND, BACKGROUND, n_ctx=2)
     clip_before = {key: value.clone() for key, value in clip.model.state_dict().items()}
@@ -222,9 +224,9 @@ def chain(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         for name, *args in [
-            ("demo_data",), ("prepare",), ("sam_masks",),
-            ("learn", "classification"), ("learned_cams", "coarse"), ("sams_seeds", "coarse"),
-            ("learn", "segmentation"), ("learned_cams", "fine"), ("sams_seeds", "fine"),
+            ("demo_data",), ("prepare",), ("sam_masks", "felzenszwalb"),
+            ("learn", "classification"), ("cams", "coarse"), ("sams_seeds", "coarse"),
+            ("learn", "segmentation"), ("cams", "fine"), ("sams_seeds", "fine"),
             ("evaluate", "seeds_coarse"), ("evaluate", "seeds_fine"),
         ]:  # fmt: skip
             run_ok(name, *args)
@@ -233,7 +235,7 @@ def chain(tmp_path_factory) -> Path:
 
 def test_chain_writes_small_prompts_curves_and_an_auditable_trail(chain, monkeypatch):
     monkeypatch.chdir(chain)  # provenance records paths relative to the project root
-    params = small_params()["learn"]
+    params = small_params()["learn"]["runs"]
     for task in ("classification", "segmentation"):
         prompts_dir = chain / "artifacts" / f"prompts_{task}"
         assert sorted(path.name for path in prompts_dir.iterdir()) == ["prompts.safetensors", "provenance.json"]
@@ -260,10 +262,10 @@ def test_chain_writes_small_prompts_curves_and_an_auditable_trail(chain, monkeyp
         stages.append(current.stage)
     assert stages == [
         "seeds",
-        "cams_fine",
+        "cams",
         "learn_segmentation",
         "seeds",
-        "cams_coarse",
+        "cams",
         "learn_classification",
         "prepare",
     ]
@@ -275,7 +277,7 @@ def test_killed_learning_resumes_to_the_same_prompts(chain, monkeypatch):
     expected_curve = (chain / "metrics" / "learn_segmentation" / "loss.csv").read_text()
     shutil.rmtree(chain / "artifacts" / "prompts_segmentation")
 
-    from wsss_core.prompts import train
+    from wsss_core.drivers import learn as train
 
     original, calls = train.batch_loss, {"n": 0}
 
@@ -300,17 +302,21 @@ def test_killed_learning_resumes_to_the_same_prompts(chain, monkeypatch):
 def test_stage_errors_name_the_problem(chain, monkeypatch, tmp_path):
     monkeypatch.chdir(chain)
     result = invoke("learn", "detection")
-    assert (
-        result.exit_code == 1 and "learn: task 'detection' is not one of: classification, segmentation" in result.output
-    )
-    result = invoke("learn", "segmentation", "--artifacts", str(tmp_path))
-    assert result.exit_code == 1 and "seeds_coarse.zarr: seeds not found (learn.segmentation.seeds" in result.output
+    assert result.exit_code == 1
+    assert "learn.runs.detection: no such entry; defined: classification, segmentation" in result.output
+    seeds = chain / "artifacts" / "seeds_coarse.zarr"
+    seeds.rename(tmp_path / "seeds_coarse.zarr")  # the seeds stage has not run (or its output was removed)
+    try:
+        result = invoke("learn", "segmentation", "--artifacts", str(tmp_path))
+    finally:
+        (tmp_path / "seeds_coarse.zarr").rename(seeds)
+    assert result.exit_code == 1 and "seeds_coarse.zarr: seeds not found (the learn run's `reads`" in result.output
 
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["models"]["clip"]["seed"] = 1  # another random CLIP than the one the prompts were learned on
     other = tmp_path / "params.yaml"
     other.write_text(yaml.safe_dump(params, sort_keys=False))
-    result = invoke("learned_cams", "fine", "--params", str(other))  # fails before writing anything
+    result = invoke("cams", "fine", "--params", str(other))  # fails before writing anything
     assert result.exit_code == 1 and "prompts were learned on CLIP" in result.output
 
     params["models"]["clip"]["seed"] = 0
@@ -324,8 +330,8 @@ def test_stage_errors_name_the_problem(chain, monkeypatch, tmp_path):
 def test_a_few_training_steps_on_the_demo_reduce_the_loss(chain, monkeypatch):
     monkeypatch.chdir(chain)  # the index lists image paths relative to the project root
     from wsss_core.data.index import read_index
+    from wsss_core.drivers.learn import TrainSettings, batch_loss, train_prompts
     from wsss_core.prompts.batches import AugmentSettings, TrainingBatches
-    from wsss_core.prompts.train import TrainSettings, batch_loss, train_prompts
 
     clip = load_clip("tiny", model_cfg=TINY_CLIP_CFG, random_init=True, device="cpu")
     dataset = read_index(chain / "artifacts" / "index" / "train.parquet")

@@ -19,14 +19,31 @@ from wsss_core.masks.records import MaskSet
 from wsss_core.models.sam import build_sam_from_config
 from wsss_core.store import DenseMaps
 
+RUN = "felzenszwalb"  # the mask run of the shipped params
+MASKS, REPORTS = Path(f"artifacts/masks_{RUN}"), Path(f"reports/masks_{RUN}")
 
-def set_params(**sam_masks) -> None:
+
+def set_params(run: str = RUN, device: str | None = None, **settings) -> None:
+    """Change the mask run `run` of sam_masks.runs (a new run starts as a copy of the shipped one); `device` is the
+    family's (sam_masks.device)."""
     params = yaml.safe_load(Path("params.yaml").read_text())
-    for key, value in sam_masks.items():
+    runs = params["sam_masks"]["runs"]
+    entry = runs.setdefault(run, yaml.safe_load(yaml.safe_dump(runs[RUN])))
+    for key, value in settings.items():
         if isinstance(value, dict):
-            params["sam_masks"][key].update(value)
+            entry[key].update(value)
         else:
-            params["sam_masks"][key] = value
+            entry[key] = value
+    if device is not None:
+        params["sam_masks"]["device"] = device
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def train_split_only() -> None:
+    """Masks of the training split only: the prediction post-processed with them (it needs the eval split) goes."""
+    set_params(eval_split=False)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    del params["retrain"]["predict"]["variants"]["sams"]
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -56,8 +73,8 @@ def count_calls(monkeypatch):
 
 
 def test_felzenszwalb_masks_for_both_splits_with_provenance_and_pictures(prepared):
-    run_ok("sam_masks")
-    train, val = MaskSet(prepared / "artifacts/sam_masks/train"), MaskSet(prepared / "artifacts/sam_masks/val")
+    run_ok("sam_masks", RUN)
+    train, val = MaskSet(prepared / MASKS / "train"), MaskSet(prepared / MASKS / "val")
     assert (len(train), len(val)) == (6, 3)
     assert sorted(p.name for p in train.path.glob("part-*")) == [
         "part-00000.parquet",
@@ -71,47 +88,51 @@ def test_felzenszwalb_masks_for_both_splits_with_provenance_and_pictures(prepare
     masks = train.read(image_id, kept_only=False)
     assert set(masks.level.tolist()) == {0, 1, 2} and masks.size == (64, 64)
     assert masks.kept[masks.level == 2].all() and not masks.kept.all()
-    pictures = sorted(p.name for p in (prepared / "reports/sam_masks").iterdir())
+    pictures = sorted(p.name for p in (prepared / REPORTS).iterdir())
     assert pictures == [f"train_{train.image_ids[0]}.png", f"train_{train.image_ids[1]}.png",
                         f"val_{val.image_ids[0]}.png", f"val_{val.image_ids[1]}.png"]  # fmt: skip
-    node = audit(prepared / "artifacts/sam_masks/train", deep=True)
+    node = audit(prepared / MASKS / "train", deep=True)
     assert node.ok and node.stage == "sam_masks" and node.children[0].stage == "prepare"
 
-    before = sha256_path(prepared / "artifacts/sam_masks")
-    run_ok("sam_masks")  # recomputed from scratch: the same bytes
-    assert sha256_path(prepared / "artifacts/sam_masks") == before
+    before = sha256_path(prepared / MASKS)
+    run_ok("sam_masks", RUN)  # recomputed from scratch: the same bytes
+    assert sha256_path(prepared / MASKS) == before
+
+    result = invoke("sam_masks", "sam")
+    assert result.exit_code == 1 and "sam_masks.runs.sam: no such entry; defined: felzenszwalb" in result.output
 
 
 def test_a_kill_and_a_rerun_give_the_bytes_of_an_uninterrupted_run(prepared, count_calls):
-    set_params(eval_split=False)
-    run_ok("sam_masks", "--out-dir", "reference")
+    train_split_only()
+    run_ok("sam_masks", RUN, "--out", "reference")
     expected = sha256_path(prepared / "reference")
     count_calls.update(n=0, die_at=4)
     with pytest.raises(Killed):
-        invoke("sam_masks")
-    assert not (prepared / "artifacts/sam_masks").exists()  # no half artifact
+        invoke("sam_masks", RUN)
+    assert not (prepared / MASKS).exists()  # no half artifact
     count_calls.update(n=0, die_at=None)
-    run_ok("sam_masks")
+    run_ok("sam_masks", RUN)
     assert count_calls["n"] == 3  # images 1-3 were kept; only 4-6 were computed again
-    assert sha256_path(prepared / "artifacts/sam_masks") == expected
+    assert sha256_path(prepared / MASKS) == expected
 
 
 def test_shards_and_a_merge_give_the_bytes_of_one_run(prepared, count_calls):
-    set_params(eval_split=False)
-    run_ok("sam_masks", "--out-dir", "reference")
+    train_split_only()
+    run_ok("sam_masks", RUN, "--out", "reference")
     expected = sha256_path(prepared / "reference")
     count_calls.update(n=0)
-    run_ok("sam_masks", "--shard", "1/2")
-    assert count_calls["n"] == 2 and not (prepared / "artifacts/sam_masks").exists()  # part 1 only; no artifact
-    result = invoke("sam_masks", "--merge")
+    result = run_ok("sam_masks", RUN, "--shard", "1/2")
+    assert count_calls["n"] == 2 and not (prepared / MASKS).exists()  # part 1 only; no artifact
+    assert f"merge with `python stages/sam_masks.py {RUN} --merge`" in result.output
+    result = invoke("sam_masks", RUN, "--merge")
     assert result.exit_code == 1
     assert "2 of 3 parts unfinished (first: part 0, image 'syn_000001')" in result.output
-    run_ok("sam_masks", "--shard", "0/2")
+    run_ok("sam_masks", RUN, "--shard", "0/2")
     assert count_calls["n"] == 2 + 4  # parts 0 and 2
-    run_ok("sam_masks", "--merge")
+    run_ok("sam_masks", RUN, "--merge")
     assert count_calls["n"] == 6  # the merge computes nothing
-    assert sha256_path(prepared / "artifacts/sam_masks") == expected
-    result = invoke("sam_masks", "--shard", "2/2")
+    assert sha256_path(prepared / MASKS) == expected
+    result = invoke("sam_masks", RUN, "--shard", "2/2")
     assert result.exit_code == 1 and "--shard: shard '2/2': need 0 <= I < N" in result.output
 
 
@@ -121,12 +142,17 @@ def test_sam_weights_from_a_file_with_their_hash_in_provenance(prepared):
     sam = {"model_type": "custom", "model_cfg": {**TINY, "encoder_global_attn_indexes": [1]},
            "checkpoint": "missing.pth", "points_per_side": 2, "pred_iou_thresh": 0.0,
            "stability_score_thresh": 0.0, "crop_n_layers": 0, "min_mask_region_area": 4}  # fmt: skip
-    set_params(generator="sam", eval_split=False, device="cpu", sam=sam)
-    result = invoke("sam_masks")
+    set_params("tiny_sam", generator="sam", eval_split=False, device="cpu", sam=sam)
+    result = invoke("sam_masks", "tiny_sam")
     assert result.exit_code == 1 and "checkpoint not found: missing.pth" in result.output
-    set_params(sam={"checkpoint": str(weights), "sha256": sha256_file(weights)})
-    run_ok("sam_masks")
-    train = MaskSet(prepared / "artifacts/sam_masks/train")
+    set_params("tiny_sam", sam={"checkpoint": None})
+    result = invoke("sam_masks", "tiny_sam")
+    assert result.exit_code == 1
+    assert "sam_masks.runs.tiny_sam.sam.checkpoint: the SAM weights file is required" in result.output
+    set_params("tiny_sam", sam={"checkpoint": str(weights), "sha256": sha256_file(weights)})
+    run_ok("sam_masks", "tiny_sam")
+    assert not (prepared / MASKS).exists()  # the other run is not touched
+    train = MaskSet(prepared / "artifacts/masks_tiny_sam/train")
     assert train.provenance["checkpoints"]["sam"]["checkpoint"]["sha256"] == sha256_file(weights)
     assert train.n_masks.sum() > 0
     for image_id in train.image_ids:
@@ -135,8 +161,8 @@ def test_sam_weights_from_a_file_with_their_hash_in_provenance(prepared):
 
 
 def test_sams_seeds_use_the_masks_and_refuse_masks_of_other_images(prepared):
-    run_ok("cams")
-    run_ok("sam_masks")
+    run_ok("cams", "caa")
+    run_ok("sam_masks", RUN)
     run_ok("sams_seeds", "sams")
     seeds = DenseMaps(prepared / "artifacts/seeds_sams.zarr", kind="labels")
     cams = DenseMaps(prepared / "artifacts/cams_caa.zarr", kind="cams")
@@ -155,7 +181,7 @@ def test_sams_seeds_use_the_masks_and_refuse_masks_of_other_images(prepared):
     result = invoke("sams_seeds", "sams")
     assert result.exit_code == 1
     assert "cams_caa.zarr: computed from another version of image 'syn_000003'" in result.output
-    run_ok("cams")  # the CAMs follow the new image; the masks still do not
+    run_ok("cams", "caa")  # the CAMs follow the new image; the masks still do not
     result = invoke("sams_seeds", "sams")
     assert result.exit_code == 1
     assert "masks of image 'syn_000003' were computed for different content" in result.output
@@ -163,4 +189,5 @@ def test_sams_seeds_use_the_masks_and_refuse_masks_of_other_images(prepared):
     result = invoke("sams_seeds", "sams", "--masks", "nowhere")
     assert result.exit_code == 1 and "nowhere/train: no masks for split 'train'" in result.output
     result = invoke("sams_seeds", "crf")
-    assert result.exit_code == 1 and "seeds.sams.variants.crf: no such SAMS variant; defined: sams" in result.output
+    assert result.exit_code == 1
+    assert "seeds.sams.variants.crf: no such entry; defined: sams, coarse, fine" in result.output

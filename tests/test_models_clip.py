@@ -13,16 +13,9 @@ from safetensors.torch import save_file
 from wsss_core.hashing import sha256_file
 from wsss_core.models import resolve_device
 from wsss_core.models.checkpoints import CheckpointError
-from wsss_core.models.clip import (
-    ClipModel,
-    VisualRunner,
-    attention_probabilities,
-    encode_text,
-    encode_text_embeddings,
-    load_clip,
-    prepare_image,
-    tokens_to_map,
-)
+from wsss_core.models.clip import ClipModel, load_clip
+from wsss_core.models.clip_text import encode_text, encode_text_embeddings
+from wsss_core.models.clip_visual import VisualRunner, attention_probabilities, prepare_image, tokens_to_map
 
 # Patch 8 on 32x32 images: a 4x4 token grid, 3 blocks of 4 heads of width 16; the real 49408-token vocabulary so
 # that the real tokenizer works.

@@ -8,9 +8,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import small_params
 from wsss_core.params import ParamsError, defaults, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The stage families (MapOf): one DVC stage per entry.
+FAMILIES = (
+    ("sam_masks", "runs"),
+    ("learn", "runs"),
+    ("cams", "runs"),
+    ("seeds", "variants"),
+    ("seeds", "sams", "variants"),
+    ("retrain", "predict", "variants"),
+)
+
+
+def _family(params: dict, path: tuple[str, ...]) -> dict:
+    for name in path:
+        params = params.get(name) or {}
+    return params
 
 
 def _write(tmp_path, data) -> Path:
@@ -34,10 +51,37 @@ def test_shipped_params_file_is_valid_and_complete():
     assert sorted(keys(raw)) == sorted(keys(params))
 
 
+def test_shipped_params_describe_a_pipeline_whose_every_read_is_made(tmp_path):
+    from wsss_core.params.pipeline import pipeline_problems
+
+    params = load_params(ROOT / "params.yaml")
+    assert pipeline_problems(params, files=False) == []
+    # data/demo and the demo CLIP are made by demo/dvc.yaml, so no file needs to exist yet (tmp_path is empty)
+    assert pipeline_problems(params, files=True, root=tmp_path) == []
+
+
 def test_defaults_fill_missing_keys(tmp_path):
     params = load_params(_write(tmp_path, {"dataset": {"kind": "voc"}}))
     assert params["dataset"]["kind"] == "voc"
-    assert params["dataset"]["synthetic"] == defaults()["dataset"]["synthetic"]
+    assert params["dataset"]["root"] == defaults()["dataset"]["root"]  # a missing key of a given section
+    assert params["demo"]["data"] == defaults()["demo"]["data"]  # a missing section
+    assert params["demo"]["data"]["n_train"] == 60
+
+
+def test_stage_families_default_to_no_stage_at_all(tmp_path):
+    # There is no default variant map any more: an absent family gives no stage (a preset lists exactly its stages).
+    for params in (defaults(), load_params(_write(tmp_path, {"dataset": {"kind": "voc"}}))):
+        assert all(_family(params, path) == {} for path in FAMILIES)
+    params = load_params(_write(tmp_path, {"seeds": {"variants": None, "sams": {}}, "cams": {"runs": {}}}))
+    assert params["seeds"]["variants"] == {} and params["seeds"]["sams"]["variants"] == {}
+    assert params["cams"]["runs"] == {}
+
+
+def test_an_entry_gets_the_defaults_of_its_family():
+    from wsss_core.params import SECTIONS, validate_section
+
+    seeds = validate_section({"variants": {"mine": {"cams": "cams_caa"}}}, SECTIONS["seeds"], "seeds")
+    assert seeds["variants"]["mine"]["background"] == "power" and seeds["variants"]["mine"]["crf"]["enabled"] is False
 
 
 @pytest.mark.parametrize(
@@ -46,11 +90,12 @@ def test_defaults_fill_missing_keys(tmp_path):
         ({"dataset": {"knid": "voc"}}, r"dataset\.knid: unknown key; allowed keys: .*kind"),
         ({"datset": {}}, r"datset: unknown section"),
         ({"dataset": {"kind": "pascal"}}, r"dataset\.kind: 'pascal' is not allowed; choose one of: synthetic, voc"),
-        ({"dataset": {"synthetic": {"n_train": "many"}}}, r"dataset\.synthetic\.n_train: expected int, got 'many'"),
-        ({"dataset": {"synthetic": {"n_train": True}}}, r"dataset\.synthetic\.n_train: expected int, got True"),
-        ({"dataset": {"synthetic": {"n_train": 0}}}, r"dataset\.synthetic\.n_train: must be >= 1, got 0"),
-        ({"dataset": {"synthetic": {"image_size": [64]}}}, r"image_size: expected a list of 2 values"),
-        ({"dataset": {"synthetic": {"image_size": [64, 8]}}}, r"image_size\[1\]: must be >= 32, got 8"),
+        ({"demo": {"data": {"n_train": "many"}}}, r"demo\.data\.n_train: expected int, got 'many'"),
+        ({"demo": {"data": {"n_train": True}}}, r"demo\.data\.n_train: expected int, got True"),
+        ({"demo": {"data": {"n_train": 0}}}, r"demo\.data\.n_train: must be >= 1, got 0"),
+        ({"demo": {"data": {"image_size": [64]}}}, r"demo\.data\.image_size: expected a list of 2 values"),
+        ({"demo": {"data": {"image_size": [64, 8]}}}, r"demo\.data\.image_size\[1\]: must be >= 32, got 8"),
+        ({"dataset": {"synthetic": {"n_train": 6}}}, r"dataset\.synthetic: unknown key"),  # moved to demo.data
         ({"evaluate": {"ignore_index": 300}}, r"evaluate\.ignore_index: must be <= 255, got 300"),
         ({"dataset": {"root": None}}, r"dataset\.root: must not be null"),
         ({"dataset": "voc"}, r"dataset: expected a mapping"),
@@ -73,6 +118,16 @@ def test_missing_or_malformed_file(tmp_path):
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
 
 
+def _assert_given(given, written, key):
+    """Every value the preset gives is in the written params (sub-sections may give only some keys)."""
+    if isinstance(given, dict) and key.rsplit(".", 1)[-1] != "model_cfg":
+        for name, value in given.items():
+            assert name in written, f"{key}.{name} missing"
+            _assert_given(value, written[name], f"{key}.{name}")
+    else:
+        assert written == given, f"{key}: {written!r} != {given!r}"
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_every_preset_writes_a_valid_complete_params_file(tmp_path, preset):
     from typer.testing import CliRunner
@@ -85,19 +140,34 @@ def test_every_preset_writes_a_valid_complete_params_file(tmp_path, preset):
     params = load_params(out)
     overlay = yaml.safe_load(preset.read_text())
     assert params["dataset"]["kind"] == overlay["dataset"]["kind"]
-    assert params["cams"]["box_threshold"] == overlay["cams"]["box_threshold"]
-    assert sorted(params["seeds"]["variants"]) == sorted(overlay["seeds"]["variants"])
+    for name, run in overlay["cams"]["runs"].items():
+        assert params["cams"]["runs"][name]["box_threshold"] == run["box_threshold"]
+    _assert_given(overlay, params, preset.name)  # every value the preset sets, in every section
+    for path in FAMILIES:  # each family holds exactly the preset's entries, none from the defaults
+        assert sorted(_family(params, path)) == sorted(_family(overlay, path)), path
+    assert params["seeds"]["variants"]  # every preset makes seeds
     assert params["models"]["clip"]["random_init"] is False  # presets are for real weights
 
 
 def test_clip_es_presets_follow_the_reference():
     voc, coco = (load_params_from_preset(ROOT / "presets" / f"clip_es_{name}.yaml") for name in ("voc", "coco"))
-    assert (voc["cams"]["box_threshold"], coco["cams"]["box_threshold"]) == (0.4, 0.7)
-    assert (voc["cams"]["background_words"], coco["cams"]["background_words"]) == ("clip_es_voc", "clip_es_coco")
     for params in (voc, coco):
-        assert params["cams"]["template"] == "a clean origami {}."
-        assert params["cams"]["scales"] == [1.0] and params["cams"]["flip"] is False
-        assert params["cams"]["caa_layers"] == 8 and params["cams"]["sinkhorn_rounds"] == 3
+        assert sorted(params["cams"]["runs"]) == ["caa", "raw"]
+        assert {name: run["method"] for name, run in params["cams"]["runs"].items()} == {
+            "raw": "clip_es",
+            "caa": "clip_es",
+        }
+        assert (params["cams"]["runs"]["raw"]["refine"], params["cams"]["runs"]["caa"]["refine"]) == ("none", "caa")
+    for name in ("raw", "caa"):
+        voc_run, coco_run = voc["cams"]["runs"][name], coco["cams"]["runs"][name]
+        assert (voc_run["box_threshold"], coco_run["box_threshold"]) == (0.4, 0.7)
+        assert (voc_run["background_words"], coco_run["background_words"]) == ("clip_es_voc", "clip_es_coco")
+        for run in (voc_run, coco_run):
+            assert run["reads"] == "artifacts/index"
+            assert run["template"] == "a clean origami {}."
+            assert run["scales"] == [1.0] and run["flip"] is False
+            assert run["caa_layers"] == 8 and run["sinkhorn_rounds"] == 3
+    for params in (voc, coco):
         crf = params["seeds"]["variants"]["crf"]["crf"]
         assert (crf["gaussian_sxy"], crf["gaussian_compat"], crf["iterations"]) == (1.0, 3.0, 10)
         assert (crf["bilateral_sxy"], crf["bilateral_srgb"], crf["bilateral_compat"]) == (67.0, 3.0, 4.0)
@@ -109,44 +179,76 @@ def load_params_from_preset(path):
     return apply_preset(path)
 
 
+# A clip_es run written in a file, for the tests of one bad value in it.
+CAMS_RUN = "cams:\n  runs:\n    caa:\n      method: clip_es\n      reads: artifacts/index\n"
+
+
 def test_preset_with_a_bad_value_names_it(tmp_path):
     from wsss_core.params import apply_preset
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("cams:\n  box_threshold: high\n")
-    with pytest.raises(ParamsError, match=r"bad.yaml: cams\.box_threshold: expected float, got 'high'"):
+    bad.write_text(CAMS_RUN + "      box_threshold: high\n")
+    with pytest.raises(ParamsError, match=r"bad.yaml: cams\.runs\.caa\.box_threshold: expected float, got 'high'"):
         apply_preset(bad)
 
 
-def _float_specs(schema, path=()):
-    """(path of keys, spec) of every float parameter, lists of floats included; named maps get an entry `x`."""
+def _required(schema) -> dict:
+    """The keys an entry must give itself (no default, not nullable), with a value of the right type."""
+    from wsss_core.params import Spec
+
+    return {
+        name: "x"
+        for name, spec in schema.items()
+        if isinstance(spec, Spec) and spec.default is None and not spec.nullable
+    }
+
+
+def _float_specs(schema, path=(), entries=()):
+    """(path of keys, spec, entries) of every float parameter, lists of floats included.
+
+    A stage family's entry is named `x`, or after its kind (the method of a cams run, the task of a learning run) when
+    the family has kinds; `entries` lists (path, keys) of the entries on the way, with the keys each must give.
+    """
     from wsss_core.params import MapOf, Spec
 
     for name, spec in schema.items():
         if isinstance(spec, dict):
-            yield from _float_specs(spec, (*path, name))
+            yield from _float_specs(spec, (*path, name), entries)
         elif isinstance(spec, MapOf):
-            yield from _float_specs(spec.schema, (*path, name, "x"))
+            kinds = spec.kinds if spec.kind_key is not None else {None: {}}
+            for kind, settings in kinds.items():
+                entry_schema = {**spec.schema, **settings}
+                entry = (*path, name, "x" if kind is None else kind)
+                given = {**_required(entry_schema), **({spec.kind_key: kind} if kind is not None else {})}
+                yield from _float_specs(entry_schema, entry, (*entries, (entry, given)))
         elif isinstance(spec, Spec) and float in (spec.type, spec.item):
-            yield (*path, name), spec
+            yield (*path, name), spec, entries
 
 
 def _all_float_specs():
     from wsss_core.params import SECTIONS
 
-    return [(section, *path) for section, schema in SECTIONS.items() for path, _ in _float_specs(schema)]
+    return [(section, *path) for section, schema in SECTIONS.items() for path, _, _ in _float_specs(schema)]
 
 
 FLOAT_KEYS = _all_float_specs()
 
 
 def test_the_float_walk_sees_every_ranged_float():
+    from wsss_core.cam.methods import CAM_METHODS
     from wsss_core.params import SECTIONS
 
-    specs = [spec for schema in SECTIONS.values() for _, spec in _float_specs(schema)]
+    specs = [spec for schema in SECTIONS.values() for _, spec, _ in _float_specs(schema)]
     assert len(specs) > 40 and all(spec.min is not None or spec.max is not None for spec in specs)
-    assert ("cams", "box_threshold") in FLOAT_KEYS and ("cams", "scales") in FLOAT_KEYS
     assert ("seeds", "variants", "x", "crf", "confidence") in FLOAT_KEYS
+    for method in CAM_METHODS:  # every method's own settings are walked
+        assert ("cams", "runs", method, "box_threshold") in FLOAT_KEYS
+    assert ("cams", "runs", "clip_es", "scales") in FLOAT_KEYS
+    assert ("learn", "runs", "classification", "init_std") in FLOAT_KEYS
+    assert ("learn", "runs", "segmentation", "init_std") in FLOAT_KEYS
+    assert ("sam_masks", "runs", "x", "fma", "t_r") in FLOAT_KEYS
+    assert ("retrain", "predict", "variants", "x", "sams", "alpha") in FLOAT_KEYS
+    assert ("demo", "data", "image_size") not in FLOAT_KEYS  # ints are not floats
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
@@ -154,9 +256,16 @@ def test_the_float_walk_sees_every_ranged_float():
 def test_non_finite_floats_are_rejected_naming_the_key(tmp_path, path, bad):
     from wsss_core.params import SECTIONS
 
-    spec = dict(_float_specs(SECTIONS[path[0]]))[path[1:]]
+    walk = {key: (spec, entries) for key, spec, entries in _float_specs(SECTIONS[path[0]])}
+    spec, entries = walk[path[1:]]
     value = [bad] * (spec.length or 1) if spec.type is list else bad
-    data = node = {}
+    data = {}
+    for entry, given in entries:  # the family entries on the way, with the keys they must give (method, reads, ...)
+        node = data.setdefault(path[0], {})
+        for name in entry:
+            node = node.setdefault(name, {})
+        node.update(given)
+    node = data
     for name in path[:-1]:
         node = node.setdefault(name, {})
     node[path[-1]] = value
@@ -171,8 +280,10 @@ def test_non_finite_float_in_a_preset_is_rejected(tmp_path):
     from wsss_core.params import apply_preset
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("cams:\n  box_threshold: .nan\n")
-    with pytest.raises(ParamsError, match=r"bad.yaml: cams\.box_threshold: must be a finite number, got nan"):
+    bad.write_text(CAMS_RUN + "      box_threshold: .nan\n")
+    with pytest.raises(
+        ParamsError, match=r"bad.yaml: cams\.runs\.caa\.box_threshold: must be a finite number, got nan"
+    ):
         apply_preset(bad)
 
 
@@ -182,10 +293,10 @@ def test_params_check_fails_on_nan_naming_the_key(tmp_path):
     from wsss_core.cli import app
 
     path = tmp_path / "params.yaml"
-    path.write_text("cams:\n  box_threshold: .nan\n")
+    path.write_text(CAMS_RUN + "      box_threshold: .nan\n")
     result = CliRunner().invoke(app, ["params", "check", str(path)])
     assert result.exit_code == 1
-    assert "cams.box_threshold: must be a finite number, got nan" in result.output
+    assert "cams.runs.caa.box_threshold: must be a finite number, got nan" in result.output
 
 
 def _preset(tmp_path, *args):
@@ -198,13 +309,16 @@ def _preset(tmp_path, *args):
     return CliRunner().invoke(app, ["params", "preset", str(preset), "--output", str(out), *args]), out
 
 
+MY_EDITS = "# my own edits\n" + CAMS_RUN + "      box_threshold: 0.5\n"
+
+
 def test_preset_refuses_to_overwrite_a_different_params_file(tmp_path):
     out = tmp_path / "params.yaml"
-    out.write_text("# my own edits\ncams:\n  box_threshold: 0.5\n")
+    out.write_text(MY_EDITS)
     result, _ = _preset(tmp_path)
     assert result.exit_code == 1
     assert f"{out} exists and differs" in result.output and "--force" in result.output
-    assert out.read_text() == "# my own edits\ncams:\n  box_threshold: 0.5\n"
+    assert out.read_text() == MY_EDITS
     assert not (tmp_path / "params.yaml.bak").exists()
 
 
@@ -212,13 +326,13 @@ def test_preset_with_force_keeps_a_backup_then_writes(tmp_path):
     out = tmp_path / "params.yaml"
     backup = tmp_path / "params.yaml.bak"
     backup.write_text("an older backup\n")
-    old = "# my own edits\ncams:\n  box_threshold: 0.5\n"
+    old = MY_EDITS
     out.write_text(old)
     result, _ = _preset(tmp_path, "--force")
     assert result.exit_code == 0, result.output
     assert str(backup) in result.output
     assert backup.read_text() == old  # the older .bak is replaced by the file just overwritten
-    assert load_params(out)["cams"]["box_threshold"] == 0.4
+    assert load_params(out)["cams"]["runs"]["caa"]["box_threshold"] == 0.4
 
 
 def test_preset_leaves_an_identical_params_file_alone(tmp_path):
@@ -232,3 +346,388 @@ def test_preset_leaves_an_identical_params_file_alone(tmp_path):
         assert "already matches" in result.output and "wrote" not in result.output
         assert out.read_bytes() == written and out.stat().st_mtime_ns == mtime
         assert not (tmp_path / "params.yaml.bak").exists()
+
+
+# ------------------------------------------------------------------------------- stage families with kinds (MapOf)
+
+
+def _cams_run(**keys) -> dict:
+    return {"cams": {"runs": {"a": {"reads": "artifacts/index", **keys}}}}
+
+
+def _learn_run(**keys) -> dict:
+    return {"learn": {"runs": {"a": {"reads": "artifacts/index", **keys}}}}
+
+
+def test_the_cam_method_and_the_learning_task_are_named_with_the_allowed_ones(tmp_path):
+    from wsss_core.cam.methods import CAM_METHODS
+
+    assert {"clip_es", "fma_prompts"} <= set(CAM_METHODS)
+    methods = ", ".join(CAM_METHODS)
+    with pytest.raises(ParamsError, match=re.escape(f"cams.runs.a.method: 'gradcam' is not one of: {methods}")):
+        load_params(_write(tmp_path, _cams_run(method="gradcam")))
+    with pytest.raises(ParamsError, match=re.escape(f"cams.runs.a.method: None is not one of: {methods}")):
+        load_params(_write(tmp_path, _cams_run()))  # no method at all
+    with pytest.raises(
+        ParamsError, match=re.escape("learn.runs.a.task: 'detection' is not one of: classification, segmentation")
+    ):
+        load_params(_write(tmp_path, _learn_run(task="detection")))
+    with pytest.raises(ParamsError, match=re.escape("cams.runs.a: expected a mapping, got 'clip_es'")):
+        load_params(_write(tmp_path, {"cams": {"runs": {"a": "clip_es"}}}))
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (_cams_run(method="fma_prompts", template="a photo of a {}."), "cams.runs.a.template"),  # a clip_es key
+        (_cams_run(method="fma_prompts", class_names="dataset"), "cams.runs.a.class_names"),
+        (_cams_run(method="clip_es", unknown=1), "cams.runs.a.unknown"),
+        (_learn_run(task="classification", labels="seeds"), "learn.runs.a.labels"),  # a segmentation key
+    ],
+    ids=["clip_es-template-on-fma", "clip_es-class-names-on-fma", "typo", "segmentation-labels-on-classification"],
+)
+def test_a_key_of_another_kind_is_refused_as_unknown(tmp_path, data, key):
+    with pytest.raises(ParamsError, match=re.escape(f"params.yaml: {key}: unknown key; allowed keys: ")) as raised:
+        load_params(_write(tmp_path, data))
+    allowed = str(raised.value).split("allowed keys: ")[1].split(", ")
+    assert key.rsplit(".", 1)[1] not in allowed and "reads" in allowed  # the entry's own kind's keys are listed
+
+
+def test_each_kind_has_its_own_keys_defaults_and_choices(tmp_path):
+    both = {
+        "clip": {"method": "clip_es", "reads": "artifacts/index"},
+        "fma": {"method": "fma_prompts", "reads": "artifacts/prompts_x"},
+    }
+    runs = load_params(_write(tmp_path, {"cams": {"runs": both}}))["cams"]["runs"]
+    assert (runs["clip"]["sinkhorn_rounds"], runs["fma"]["sinkhorn_rounds"]) == (3, 1)
+    assert (runs["clip"]["refine"], runs["fma"]["refine"]) == ("caa", "score")
+    assert "template" in runs["clip"] and "template" not in runs["fma"]
+    assert runs["fma"]["store_resolution"] == "feature"  # a key every method shares
+    with pytest.raises(ParamsError, match=r"cams\.runs\.a\.refine: 'score' is not allowed; choose one of: caa, none"):
+        load_params(_write(tmp_path, _cams_run(method="clip_es", refine="score")))  # fma_prompts' choice only
+    learn = {"c": {"task": "classification", "reads": "artifacts/index"}, "s": {"task": "segmentation", "reads": "x"}}
+    runs = load_params(_write(tmp_path, {"learn": {"runs": learn}}))["learn"]["runs"]
+    assert (runs["c"]["loss"], runs["s"]["loss"]) == ("mcl", "cal")
+    assert runs["s"]["labels"] == "seeds" and "labels" not in runs["c"]
+    with pytest.raises(ParamsError, match=r"learn\.runs\.a\.loss: 'cal' is not allowed; choose one of: mcl, bce"):
+        load_params(_write(tmp_path, _learn_run(task="classification", loss="cal")))
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"seeds": {"variants": {"a": {"background": "power"}}}}, "seeds.variants.a.cams"),
+        ({"seeds": {"sams": {"variants": {"a": {"masks": "sam"}}}}}, "seeds.sams.variants.a.cams"),
+        ({"seeds": {"sams": {"variants": {"a": {"cams": "cams_caa"}}}}}, "seeds.sams.variants.a.masks"),
+        ({"cams": {"runs": {"a": {"method": "clip_es"}}}}, "cams.runs.a.reads"),
+        ({"learn": {"runs": {"a": {"task": "classification"}}}}, "learn.runs.a.reads"),
+        ({"retrain": {"predict": {"variants": {"a": {"postprocess": "none"}}}}}, "retrain.predict.variants.a.reads"),
+    ],
+    ids=["seeds-cams", "sams-cams", "sams-masks", "cams-reads", "learn-reads", "predict-reads"],
+)
+def test_keys_that_dvc_yaml_interpolates_have_no_default(tmp_path, data, key):
+    with pytest.raises(ParamsError, match=re.escape(f"params.yaml: {key}: must not be null")):
+        load_params(_write(tmp_path, data))
+
+
+def test_entry_names_are_plain_identifiers(tmp_path):
+    data = {"seeds": {"variants": {"my-seeds": {"cams": "cams_caa"}}}}
+    with pytest.raises(ParamsError, match=r"seeds\.variants: name 'my-seeds' must be a plain identifier"):
+        load_params(_write(tmp_path, data))
+    with pytest.raises(ParamsError, match=r"seeds\.variants: expected a mapping of names to sections"):
+        load_params(_write(tmp_path, {"seeds": {"variants": ["cam"]}}))
+
+
+def test_a_preset_replaces_a_family_as_a_whole():
+    from wsss_core.params import merge
+
+    base = {"seeds": {"variants": {"cam": {"cams": "cams_raw"}}, "sams": {"variants": {"s": {"alpha": 0.6}}}}}
+    merged = merge(base, {"seeds": {"variants": {"crf": {"cams": "cams_caa"}}}})
+    assert merged["seeds"]["variants"] == {"crf": {"cams": "cams_caa"}}  # not merged with "cam"
+    assert merged["seeds"]["sams"] == base["seeds"]["sams"]  # the rest of the section still merges
+    merged = merge({"cams": {"device": "cpu", "runs": {"a": {}}}}, {"cams": {"runs": {}}})
+    assert merged == {"cams": {"device": "cpu", "runs": {}}}
+
+
+# ---------------------------------------------------------------------------- the pipeline's cross-key checks
+
+
+def _validated(change=None) -> dict:
+    """small_params() (the shipped pipeline, small settings), changed by `change`, validated section by section."""
+    from wsss_core.params import SECTIONS, validate_section
+
+    raw = small_params()
+    if change is not None:
+        change(raw)
+    return {name: validate_section(raw.get(name), schema, name) for name, schema in SECTIONS.items()}
+
+
+def _del(path: str):
+    def change(params):
+        *parents, last = path.split(".")
+        for name in parents:
+            params = params[name]
+        del params[last]
+
+    return change
+
+
+def _set(path: str, value):
+    def change(params):
+        *parents, last = path.split(".")
+        for name in parents:
+            params = params[name]
+        params[last] = value
+
+    return change
+
+
+def test_the_small_pipeline_has_no_problem_and_lists_one_stage_per_entry():
+    from wsss_core.params.pipeline import pipeline_problems, pipeline_stages
+
+    params = _validated()
+    assert pipeline_problems(params, files=False) == []
+    stages = pipeline_stages(params)
+    assert [stage.name for stage in stages] == _expected_stages(small_params())
+    keys = {stage.name: stage.key for stage in stages}
+    assert keys["cams@caa"] == "cams.runs.caa" and keys["evaluate_sams@fine"] == "seeds.sams.variants.fine"
+    writes = {stage.name: stage.writes for stage in pipeline_stages(params)}
+    assert writes["cams@caa"] == ("artifacts/cams_caa.zarr",) and writes["sam_masks@felzenszwalb"] == (
+        "artifacts/masks_felzenszwalb",
+    )
+    reads = {stage.name: stage.reads for stage in pipeline_stages(params)}
+    assert reads["learn@segmentation"]["learn.runs.segmentation.reads"] == "artifacts/seeds_coarse.zarr"
+    assert reads["sams_seeds@fine"] == {
+        "seeds.sams.variants.fine.cams": "artifacts/cams_fine.zarr",
+        "seeds.sams.variants.fine.masks": "artifacts/masks_felzenszwalb",
+    }
+
+
+# (params change, the key the problem names, a fragment of its message)
+CROSS_KEY_PROBLEMS = {
+    "seeds-variant-of-a-missing-cams-run": (
+        _del("cams.runs.raw"),
+        "seeds.variants.cam.cams",
+        "artifacts/cams_raw.zarr is read by stage seeds@cam but no stage of these params makes it",
+    ),
+    "seeds-variant-of-another-artifact": (
+        _set("seeds.variants.caa.cams", "seeds_cam"),
+        "seeds.variants.caa.cams",
+        "'seeds_cam' is not a CAM artifact, cams_<a key of cams.runs>",
+    ),
+    "segmentation-prompts-from-seeds-nobody-makes": (
+        _del("seeds.sams.variants.coarse"),
+        "learn.runs.segmentation.reads",
+        "artifacts/seeds_coarse.zarr is read by stage learn@segmentation but no stage of these params makes it",
+    ),
+    "segmentation-prompts-from-the-index": (
+        _set("learn.runs.segmentation.reads", "artifacts/index"),
+        "learn.runs.segmentation.reads",
+        "'artifacts/index' is not a seed artifact, artifacts/seeds_<variant>.zarr",
+    ),
+    "classification-prompts-from-seeds": (
+        _set("learn.runs.classification.reads", "artifacts/seeds_cam.zarr"),
+        "learn.runs.classification.reads",
+        "'artifacts/seeds_cam.zarr' is not artifacts/index",
+    ),
+    "fma-prompts-cams-reading-the-index": (
+        _set("cams.runs.coarse.reads", "artifacts/index"),
+        "cams.runs.coarse.reads",
+        "'artifacts/index' is not artifacts/prompts_<run>",
+    ),
+    "fma-prompts-cams-of-a-missing-learn-run": (
+        _set("cams.runs.coarse.reads", "artifacts/prompts_nowhere"),
+        "cams.runs.coarse.reads",
+        "artifacts/prompts_nowhere is read by stage cams@coarse but no stage of these params makes it",
+    ),
+    "clip-es-cams-reading-prompts": (
+        _set("cams.runs.raw.reads", "artifacts/prompts_classification"),
+        "cams.runs.raw.reads",
+        "'artifacts/prompts_classification' is not artifacts/index (clip_es reads nothing else)",
+    ),
+    "sams-variant-of-a-missing-mask-run": (
+        _set("seeds.sams.variants.fine.masks", "sam_vit_h"),
+        "seeds.sams.variants.fine.masks",
+        "artifacts/masks_sam_vit_h is read by stage sams_seeds@fine but no stage of these params makes it",
+    ),
+    "sams-prediction-reading-the-segmenter": (
+        _set("retrain.predict.variants.sams.reads", "artifacts/segmenter"),
+        "retrain.predict.variants.sams.reads",
+        "'artifacts/segmenter' is not artifacts/masks_<a key of sam_masks.runs>",
+    ),
+    "sams-prediction-without-eval-split-masks": (
+        _set("sam_masks.runs.felzenszwalb.eval_split", False),
+        "retrain.predict.variants.sams.reads",
+        "artifacts/masks_felzenszwalb has no eval-split masks (its eval_split is false)",
+    ),
+    "sams-prediction-of-a-missing-mask-run": (
+        _set("retrain.predict.variants.sams.reads", "artifacts/masks_sam_vit_h"),
+        "retrain.predict.variants.sams.reads",
+        "artifacts/masks_sam_vit_h is read by stage predict@sams but no stage of these params makes it",
+    ),
+    "plain-prediction-reading-masks": (
+        _set("retrain.predict.variants.plain.reads", "artifacts/masks_felzenszwalb"),
+        "retrain.predict.variants.plain.reads",
+        "'artifacts/masks_felzenszwalb' is not artifacts/segmenter (postprocess none)",
+    ),
+    "retraining-on-a-missing-seed-variant": (
+        _set("retrain.seeds", "nope"),
+        "retrain.seeds",
+        "artifacts/seeds_nope.zarr is read by stage retrain but no stage of these params makes it",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CROSS_KEY_PROBLEMS)
+def test_a_read_no_stage_makes_or_of_the_wrong_kind_names_its_key(case):
+    from wsss_core.params.pipeline import check_pipeline, pipeline_problems
+
+    change, key, fragment = CROSS_KEY_PROBLEMS[case]
+    params = _validated(change)
+    (problem,) = pipeline_problems(params, files=False)  # one problem, naming the key first
+    assert problem.startswith(f"{key}: {fragment}")
+    with pytest.raises(ParamsError, match=re.escape(f"{key}: {fragment}")):
+        check_pipeline(params, files=False)
+
+
+def test_two_families_writing_one_artifact_are_named_by_their_keys():
+    from wsss_core.params.pipeline import check_pipeline, pipeline_problems
+
+    def sams_variant_named_like_a_seeds_variant(params):
+        params["seeds"]["sams"]["variants"]["cam"] = params["seeds"]["sams"]["variants"]["sams"]
+
+    params = _validated(sams_variant_named_like_a_seeds_variant)
+    problems = pipeline_problems(params, files=False)
+    assert problems and any("artifacts/seeds_cam.zarr" in problem for problem in problems)
+    for problem in problems:  # the seeds and their metrics
+        assert problem.startswith("seeds.sams.variants.cam: ") and "seeds.variants.cam" in problem.split(": ", 1)[1]
+        assert "rename one" in problem
+    with pytest.raises(ParamsError, match=r"(?s)seeds\.sams\.variants\.cam: .*artifacts/seeds_cam\.zarr"):
+        check_pipeline(params, files=False)
+
+
+def test_checkpoints_and_data_must_exist_only_with_files(tmp_path):
+    from wsss_core.params.pipeline import pipeline_problems
+
+    params = _validated()  # small_params: models.clip.checkpoint null (random weights)
+    assert params["models"]["clip"]["checkpoint"] is None
+    assert pipeline_problems(params, files=False) == []
+    (problem,) = pipeline_problems(params, files=True, root=tmp_path)
+    assert problem.startswith("models.clip.checkpoint: null, but stages learn@classification, ")
+    assert "cams@raw" in problem and "retrain" in problem and "predict@sams" in problem
+    # a network without CLIP: retraining and prediction do not read the CLIP checkpoint
+    (problem,) = pipeline_problems(_validated(_set("retrain.network", "deeplabv3plus")), files=True, root=tmp_path)
+    assert problem.startswith("models.clip.checkpoint: null") and "retrain" not in problem and "predict" not in problem
+
+    def real_files(params):
+        params["dataset"].update({"kind": "voc", "root": "data/voc"})
+        params["models"]["clip"].update({"checkpoint": "checkpoints/clip.pt", "random_init": False})
+
+    params = _validated(real_files)
+    assert pipeline_problems(params, files=False) == []
+    problems = pipeline_problems(params, files=True, root=tmp_path)
+    assert problems == [
+        "dataset.root: data/voc (read by stage prepare) does not exist",
+        "models.clip.checkpoint: checkpoints/clip.pt (read by stages learn@classification, learn@segmentation, "
+        "cams@raw, cams@caa, cams@coarse, cams@fine, retrain, predict@plain, predict@crf, predict@sams) does not exist",
+    ]
+    (tmp_path / "data" / "voc").mkdir(parents=True)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "clip.pt").write_bytes(b"weights")
+    assert pipeline_problems(params, files=True, root=tmp_path) == []
+
+
+def test_check_pipeline_lists_every_problem():
+    from wsss_core.params.pipeline import check_pipeline
+
+    def two_problems(params):
+        _set("seeds.variants.cam.cams", "cams_nowhere")(params)
+        _set("retrain.seeds", "nope")(params)
+
+    with pytest.raises(ParamsError) as raised:
+        check_pipeline(_validated(two_problems), files=False)
+    lines = str(raised.value).strip().splitlines()
+    assert [line.strip().split(":")[0] for line in lines] == ["seeds.variants.cam.cams", "retrain.seeds"]
+
+
+# ------------------------------------------------------------------------------------------ `wsss params check`
+
+
+def _expected_stages(overlay: dict) -> list[str]:
+    """The stages a root `dvc repro` runs for a preset, from its families alone, in run order."""
+
+    def names(*path):
+        return list(_family(overlay, path))
+
+    return [
+        "prepare",
+        *(f"sam_masks@{name}" for name in names("sam_masks", "runs")),
+        *(f"learn@{name}" for name in names("learn", "runs")),
+        *(f"cams@{name}" for name in names("cams", "runs")),
+        *(f"seeds@{name}" for name in names("seeds", "variants")),
+        *(f"sams_seeds@{name}" for name in names("seeds", "sams", "variants")),
+        *(f"evaluate@{name}" for name in names("seeds", "variants")),
+        *(f"evaluate_sams@{name}" for name in names("seeds", "sams", "variants")),
+        "retrain",
+        *(f"predict@{name}" for name in names("retrain", "predict", "variants")),
+        *(f"evaluate_predictions@{name}" for name in names("retrain", "predict", "variants")),
+    ]
+
+
+def _check(path: Path):
+    from typer.testing import CliRunner
+
+    from wsss_core.cli import app
+
+    return CliRunner().invoke(app, ["params", "check", str(path)])
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_params_check_accepts_every_preset_and_lists_its_stages(preset):
+    result = _check(preset)
+    assert result.exit_code == 0, result.output
+    stages = _expected_stages(yaml.safe_load(preset.read_text()))
+    assert f"{preset}: OK; dvc repro runs {', '.join(stages)}\n" in result.stdout
+    assert "retrain" in stages and len(stages) > 8
+
+
+def test_params_check_warns_about_inputs_not_on_disk(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, small_params())
+    result = _check(path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{path}: OK; dvc repro runs prepare, sam_masks@felzenszwalb, ")
+    assert "warning: models.clip.checkpoint: null, but stages" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("seeds.variants.cam.cams", "cams_nowhere"), "seeds.variants.cam.cams: artifacts/cams_nowhere.zarr"),
+        (_set("cams.runs.raw.method", "gradcam"), "cams.runs.raw.method: 'gradcam' is not one of: "),
+        (_del("seeds.variants.crf.cams"), "seeds.variants.crf.cams: must not be null"),
+        (_set("retrain.predict.variants.sams.reads", "artifacts/segmenter"), "retrain.predict.variants.sams.reads: "),
+    ],
+    ids=["unmade-read", "unknown-method", "missing-cams", "wrong-kind"],
+)
+def test_params_check_fails_on_a_broken_file_naming_the_key(tmp_path, change, message):
+    params = small_params()
+    change(params)
+    result = _check(_write(tmp_path, params))
+    assert result.exit_code == 1
+    assert message in result.stderr and "OK" not in result.stdout
+
+
+def test_params_preset_refuses_a_preset_whose_pipeline_is_broken(tmp_path):
+    from typer.testing import CliRunner
+
+    from wsss_core.cli import app
+
+    overlay = yaml.safe_load((ROOT / "presets" / "clip_es_voc.yaml").read_text())
+    overlay["seeds"]["variants"]["cam"]["cams"] = "cams_nowhere"
+    preset, out = tmp_path / "broken.yaml", tmp_path / "params.yaml"
+    preset.write_text(yaml.safe_dump(overlay))
+    result = CliRunner().invoke(app, ["params", "preset", str(preset), "--output", str(out)])
+    assert result.exit_code == 1
+    assert "seeds.variants.cam.cams: artifacts/cams_nowhere.zarr is read by stage seeds@cam" in result.output
+    assert not out.exists()

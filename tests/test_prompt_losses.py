@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from wsss_core.drivers.learn import TrainSettings, learning_rate
 from wsss_core.prompts.batches import AugmentSettings, augment, color_jitter, rescale, sample_indices
 from wsss_core.prompts.losses import (
     cam_activation_loss,
@@ -16,7 +17,6 @@ from wsss_core.prompts.losses import (
     multilabel_contrastive_loss,
     pixel_bce_loss,
 )
-from wsss_core.prompts.train import TrainSettings, learning_rate
 
 E = math.e
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wsss_core.models.clip import ClipModel, encode_text, load_clip
+from wsss_core.models.clip import ClipModel, load_clip
+from wsss_core.models.clip_text import encode_text
 from wsss_core.prompts import (
     CLIP_ES_BACKGROUND_COCO,
     CLIP_ES_BACKGROUND_VOC,

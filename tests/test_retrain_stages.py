@@ -26,7 +26,13 @@ def seeded(tmp_path_factory, small_project_params) -> Path:
     previous = os.getcwd()
     os.chdir(root)
     try:
-        for name, *args in (("demo_data",), ("prepare",), ("cams",), ("seeds", "crf"), ("sam_masks",)):
+        for name, *args in (
+            ("demo_data",),
+            ("prepare",),
+            ("cams", "caa"),
+            ("seeds", "crf"),
+            ("sam_masks", "felzenszwalb"),
+        ):
             run_ok(name, *args)
     finally:
         os.chdir(previous)
@@ -88,7 +94,7 @@ def test_retrain_predict_and_evaluate_on_the_eval_split(project):
         assert metrics["n_images"] == 3 and 0 <= metrics["miou"] <= 1 and "oracle" not in metrics
 
     sams = DenseMaps(project / "artifacts" / "predictions_sams.zarr")
-    assert sams.provenance["upstream"]["masks"]["path"] == "artifacts/sam_masks/val"
+    assert sams.provenance["upstream"]["masks"]["path"] == "artifacts/masks_felzenszwalb/val"
     node = audit(project / "metrics" / "predictions_crf")
     assert node.ok
     labels_node = next(child for child in node.children if child.name == "labels")
@@ -141,8 +147,9 @@ def test_errors_name_the_key(project):
     run_ok("retrain")
     edit_params(seeds="sam")
     result = invoke("retrain")
-    assert (
-        result.exit_code == 1 and "retrain.seeds: 'sam' is not a seed variant; defined: cam, caa, crf" in result.output
+    assert result.exit_code == 1
+    assert "retrain.seeds: artifacts/seeds_sam.zarr is read by stage retrain but no stage of these params makes it" in (
+        result.output
     )
 
     edit_params(seeds="crf", network="deeplabv3plus", deeplabv3plus__random_init=False)
@@ -158,10 +165,10 @@ def test_errors_name_the_key(project):
         result.exit_code == 1 and "retrain.predict.variants.plain.stride: must lie in 1..window (32)" in result.output
     )
 
-    shutil.rmtree(project / "artifacts" / "sam_masks" / "val")
+    shutil.rmtree(project / "artifacts" / "masks_felzenszwalb" / "val")
     result = invoke("predict", "sams")
     assert result.exit_code == 1
-    assert "retrain.predict.variants.sams.sams.masks: artifacts/sam_masks/val not found" in result.output
+    assert "retrain.predict.variants.sams.reads: artifacts/masks_felzenszwalb/val not found" in result.output
 
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["models"]["clip"]["seed"] = 1  # another CLIP than the head was trained on

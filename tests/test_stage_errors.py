@@ -1,4 +1,5 @@
-"""run_stage: a full disk or exceeded quota is a one-line message naming the path, not a traceback."""
+"""run_stage: a full disk or exceeded quota is a one-line message naming the path, not a traceback; params whose
+pipeline is broken are refused, naming the key, before the stage runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import typer
+import yaml
 
 from wsss_core.stage import run_stage
 
@@ -30,10 +32,10 @@ def test_disk_full_names_the_path_and_the_free_space(in_tmp, capsys):
     target = in_tmp / "artifacts" / "cams_caa.zarr" / "c" / "0"
     error = OSError(errno.ENOSPC, "No space left on device", str(target))
     with pytest.raises(typer.Exit) as raised:
-        run_stage("cams", _raising(error), ROOT / "params.yaml")
+        run_stage("cams_caa", _raising(error), ROOT / "params.yaml")
     assert raised.value.exit_code == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"cams: error: no space left on device while writing {target} (")
+    assert err.startswith(f"cams_caa: error: no space left on device while writing {target} (")
     assert " free on that filesystem)" in err  # measured on tmp_path, the nearest existing parent
     assert "Traceback" not in err
 
@@ -65,7 +67,7 @@ def test_free_space_unknown_does_not_hide_the_error(in_tmp, capsys, monkeypatch)
     monkeypatch.setattr("wsss_core.stage.shutil.disk_usage", no_usage)
     with pytest.raises(typer.Exit):
         run_stage(
-            "cams", _raising(OSError(errno.ENOSPC, "No space left on device", "/some/path")), ROOT / "params.yaml"
+            "cams_caa", _raising(OSError(errno.ENOSPC, "No space left on device", "/some/path")), ROOT / "params.yaml"
         )
     assert "while writing /some/path (free space unknown)" in capsys.readouterr().err
 
@@ -82,5 +84,21 @@ def test_free_space_unknown_does_not_hide_the_error(in_tmp, capsys, monkeypatch)
 )
 def test_other_os_errors_still_propagate(in_tmp, error):
     with pytest.raises(type(error)) as raised:
-        run_stage("cams", _raising(error), ROOT / "params.yaml")
+        run_stage("cams_caa", _raising(error), ROOT / "params.yaml")
     assert raised.value is error
+
+
+def test_a_broken_pipeline_is_refused_before_the_stage_runs(in_tmp, capsys):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del params["cams"]["runs"]["raw"]  # seeds.variants.cam still reads its CAMs
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = []
+    with pytest.raises(typer.Exit) as raised:
+        run_stage("cams_caa", lambda params, log: ran.append(True), in_tmp / "params.yaml")
+    assert raised.value.exit_code == 1 and ran == []
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "cams_caa: error: seeds.variants.cam.cams: artifacts/cams_raw.zarr is read by stage seeds@cam"
+    )
+    run_stage("cams_caa", lambda params, log: ran.append(params["cams"]["runs"]["caa"]["method"]), ROOT / "params.yaml")
+    assert ran == ["clip_es"]

@@ -39,10 +39,18 @@ def run_ok(name: str, *args: str):
     return result
 
 
+def run_cams(*args: str) -> None:
+    """The demo's two CLIP-ES runs: cams@raw and cams@caa (extra args, e.g. --out, go to both)."""
+    for name in ("raw", "caa"):
+        extra = [arg.replace("{name}", name) for arg in args]
+        run_ok("cams", name, *extra)
+
+
 def run_to_seed_metrics(variants: tuple[str, ...] = ("cam", "crf")) -> None:
     """In the working directory: data, index, CAMs, then each seed variant and its metrics."""
-    for stage in ("demo_data", "prepare", "cams"):
-        run_ok(stage)
+    run_ok("demo_data")
+    run_ok("prepare")
+    run_cams()
     for variant in variants:
         run_ok("seeds", variant)
         run_ok("evaluate", f"seeds_{variant}")
@@ -64,7 +72,7 @@ def kill_cams_on_fourth_image(monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(clip_es.ClipEs, "__call__", dies_on_fourth_image)
         with pytest.raises(Killed):
-            invoke("cams")
+            invoke("cams", "caa")
     return original
 
 
@@ -93,18 +101,19 @@ def test_pipeline_from_data_to_metrics(project):
     labels_node = next(child for child in node.children if child.name == "labels")
     cams_node = next(child for child in labels_node.children if child.name == "cams")
     assert cams_node.stage == "cams" and cams_node.children[0].stage == "prepare"
+    assert DenseMaps(project / "artifacts" / "cams_raw.zarr", kind="cams").provenance["details"]["variant"] == "raw"
 
 
 def test_same_inputs_give_byte_identical_artifacts(project):
     run_ok("demo_data")
     first_data = sha256_path(project / "data" / "demo")
     run_ok("prepare")
-    run_ok("cams")
+    run_cams()
     run_ok("seeds", "crf")
     before = {name: sha256_path(project / "artifacts" / name) for name in ("index", "cams_raw.zarr", "seeds_crf.zarr")}
     run_ok("demo_data")
     run_ok("prepare")
-    run_ok("cams")
+    run_cams()
     run_ok("seeds", "crf")
     after = {name: sha256_path(project / "artifacts" / name) for name in before}
     assert sha256_path(project / "data" / "demo") == first_data
@@ -114,7 +123,7 @@ def test_same_inputs_give_byte_identical_artifacts(project):
 def test_cams_resume_after_a_kill_gives_the_same_bytes(project, monkeypatch):
     run_ok("demo_data")
     run_ok("prepare")
-    run_ok("cams", "--out-dir", "reference")
+    run_ok("cams", "caa", "--out", "reference/cams_caa.zarr")
     expected = sha256_path(project / "reference" / "cams_caa.zarr")
 
     from wsss_core.cam import clip_es
@@ -129,7 +138,7 @@ def test_cams_resume_after_a_kill_gives_the_same_bytes(project, monkeypatch):
         return original(self, image, class_ids)
 
     monkeypatch.setattr(clip_es.ClipEs, "__call__", counting)
-    run_ok("cams")
+    run_ok("cams", "caa")
     assert counted["n"] == 3  # the three finished images (one per shard here) were not recomputed
     assert sha256_path(project / "artifacts" / "cams_caa.zarr") == expected
 
@@ -149,8 +158,8 @@ def test_cams_resumed_after_a_code_change_recompute_every_image(project, monkeyp
 
     monkeypatch.setattr(clip_es.ClipEs, "__call__", edited)
     monkeypatch.setattr(scratch, "code_fingerprint", lambda: "after the edit")
-    run_ok("cams")
-    run_ok("cams", "--out-dir", "reference")  # the new code from scratch
+    run_cams()
+    run_cams("--out", "reference/cams_{name}.zarr")  # the new code from scratch
     for name in ("cams_raw.zarr", "cams_caa.zarr"):
         assert sha256_path(project / "artifacts" / name) == sha256_path(project / "reference" / name)
 
@@ -171,12 +180,13 @@ def test_caa_affinity_source_reaches_the_caa_cams_and_their_provenance(project):
     maps = {}
     for source in ("attention", "features"):
         params = yaml.safe_load(Path("params.yaml").read_text())
-        params["cams"]["affinity_source"] = source
+        for run in params["cams"]["runs"].values():
+            run["affinity_source"] = source
         Path("params.yaml").write_text(yaml.safe_dump(params))
-        run_ok("cams")
+        run_cams()
         raw = DenseMaps(project / "artifacts" / "cams_raw.zarr", kind="cams")
         caa = DenseMaps(project / "artifacts" / "cams_caa.zarr", kind="cams")
-        assert caa.provenance["params"]["cams"]["affinity_source"] == source
+        assert caa.provenance["params"]["cams.runs.caa"]["affinity_source"] == source
         maps[source] = ([raw[index] for index in range(len(raw))], [caa[index] for index in range(len(caa))])
     (raw_attention, caa_attention), (raw_features, caa_features) = maps["attention"], maps["features"]
     assert all(np.array_equal(a, b) for a, b in zip(raw_attention, raw_features, strict=True))
@@ -185,11 +195,12 @@ def test_caa_affinity_source_reaches_the_caa_cams_and_their_provenance(project):
 
 def test_bad_params_stop_every_stage_with_the_key(project):
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["cams"]["box_threshold"] = 1.5
+    params["cams"]["runs"]["caa"]["box_threshold"] = 1.5
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    result = invoke("cams")
-    assert result.exit_code == 1
-    assert "cams.box_threshold: must be <= 1.0, got 1.5" in result.output
+    for name in ("caa", "raw"):  # a bad value anywhere stops every stage: the params file is checked as a whole
+        result = invoke("cams", name)
+        assert result.exit_code == 1
+        assert "cams.runs.caa.box_threshold: must be <= 1.0, got 1.5" in result.output
 
 
 def test_unknown_seed_variant_is_named(project):
@@ -198,12 +209,16 @@ def test_unknown_seed_variant_is_named(project):
     assert "seeds.variants.sams: no such variant; defined: cam, caa, crf (sams is a SAMS variant: run " in result.output
     result = invoke("seeds", "nothing")
     assert result.exit_code == 1 and result.output.strip().endswith("defined: cam, caa, crf")
+    result = invoke("cams", "nothing")
+    assert (
+        result.exit_code == 1 and "cams.runs.nothing: no such entry; defined: raw, caa, coarse, fine" in result.output
+    )
 
 
 def test_seeds_refuse_cams_without_their_index(project):
     run_ok("demo_data")
     run_ok("prepare")
-    run_ok("cams")
+    run_cams()
     (project / "artifacts" / "index" / "train.parquet").unlink()
     result = invoke("seeds", "cam")
     assert result.exit_code == 1
@@ -234,7 +249,7 @@ def test_consumers_refuse_maps_of_images_that_have_since_changed(project):
     # The reliability issue's reproduction: regenerate the data with another seed (same image ids), rerun prepare.
     run_to_seed_metrics(("caa",))
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["dataset"]["synthetic"]["seed"] += 1
+    params["demo"]["data"]["seed"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     run_ok("demo_data")
     run_ok("prepare")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from wsss_core.weights import weights_app
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -20,6 +22,7 @@ params_app = typer.Typer(no_args_is_help=True, help="Validate and show params fi
 dataset_app = typer.Typer(no_args_is_help=True, help="Check datasets.")
 app.add_typer(params_app, name="params")
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(weights_app, name="weights", help="The checkpoints a params file or preset needs: list, verify, fetch.")
 
 
 def _fail(message: str) -> None:
@@ -50,15 +53,25 @@ def audit_command(
 
 
 @params_app.command("check")
-def params_check(path: Path = typer.Argument(Path("params.yaml"))) -> None:
-    """Validate a params file and print it with defaults filled in."""
+def params_check(
+    path: Path = typer.Argument(Path("params.yaml"), help="a params file, or a preset"),
+    show: bool = typer.Option(False, "--show", help="also print the params with defaults filled in"),
+) -> None:
+    """Validate a params file as a pipeline: every key, and every artifact a stage reads made by a stage of the same
+    params (exit 1 naming the key). List the stages a root `dvc repro` runs; warn about inputs not on disk yet."""
     from wsss_core.params import ParamsError, load_params
+    from wsss_core.params.pipeline import check_pipeline, pipeline_problems, pipeline_stages
 
     try:
         params = load_params(path)
+        check_pipeline(params, files=False)
     except ParamsError as error:
         _fail(str(error))
-    print(json.dumps(params, indent=1, sort_keys=True))
+    if show:
+        print(json.dumps(params, indent=1, sort_keys=True))
+    print(f"{path}: OK; dvc repro runs {', '.join(stage.name for stage in pipeline_stages(params))}")
+    for problem in pipeline_problems(params, files=True):
+        print(f"warning: {problem}", file=sys.stderr)
 
 
 @params_app.command("preset")
@@ -78,10 +91,12 @@ def params_preset(
     import yaml
 
     from wsss_core.params import ParamsError, apply_preset
+    from wsss_core.params.pipeline import check_pipeline
     from wsss_core.store.atomic import atomic_file
 
     try:
         params = apply_preset(preset)
+        check_pipeline(params, files=False)
     except ParamsError as error:
         _fail(str(error))
     header = f"# Written by `wsss params preset {preset.as_posix()}`: defaults overridden by that preset.\n"

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from wsss_core.params import ParamsError, load_params
+from wsss_core.params.pipeline import check_pipeline
 from wsss_core.runlog import run_log
 
 # A full disk or an exhausted quota: the user's environment, not a bug, so a message rather than a traceback.
@@ -62,14 +63,17 @@ def disk_full_message(error: OSError) -> str:
 
 
 def run_stage(name: str, body: Callable[[dict[str, Any], dict[str, Any]], None], params_file: Path) -> None:
-    """Validate the params file, run `body(params, log)` under a run log, and exit 1 with a message on bad input.
+    """Validate the params file (each section, and that every artifact a stage reads is made by a stage of the same
+    params), run `body(params, log)` under a run log, and exit 1 with a message on bad input.
 
     A full disk or exceeded quota (ENOSPC, EDQUOT) also exits 1, naming the path and the space left; any other
     OSError propagates with its traceback.
     """
     try:
         with run_log(name) as log:
-            body(load_params(params_file), log)
+            params = load_params(params_file)
+            check_pipeline(params, files=False)
+            body(params, log)
     except expected_errors() as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         raise typer.Exit(code=1) from None

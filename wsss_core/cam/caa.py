@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from wsss_core.cam.gradcam import minmax
 
 if TYPE_CHECKING:
-    from wsss_core.models.clip import BlockTrace
+    from wsss_core.models.clip_visual import BlockTrace
 
 
 def sinkhorn_normalize(attn: Tensor, rounds: int = 3) -> Tensor:

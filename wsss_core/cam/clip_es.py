@@ -22,30 +22,43 @@ import torch
 from torch.nn import functional as F
 
 from wsss_core.cam.caa import caa_refine, check_affinity_source, trace_affinity
-from wsss_core.cam.gradcam import minmax, softmax_gradcam, softmax_gradcam_loop
+from wsss_core.cam.gradcam import check_gradcam_normalization, minmax, softmax_gradcam, softmax_gradcam_loop
+from wsss_core.cam.methods.clip_es import SETTINGS as _DEFAULTS
 from wsss_core.cam.resize import upsample_cams  # noqa: F401 - part of this module's API
-from wsss_core.models.clip import ClipModel, VisualRunner, encode_text, prepare_image
+from wsss_core.models.clip import ClipModel
+from wsss_core.models.clip_text import encode_text
+from wsss_core.models.clip_visual import VisualRunner, prepare_image
 
 
 @dataclass(frozen=True)
 class ClipEsSettings:
-    """CLIP-ES knobs, with the reference defaults (METHODS.md)."""
+    """CLIP-ES knobs. The defaults are the `clip_es` method's settings (wsss_core/cam/methods/clip_es.py, the reference
+    defaults), read from there so they are written once; the last two fields exist for comparisons only."""
 
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    caa_layers: int = 8
-    sinkhorn_rounds: int = 3
-    affinity_power: int = 2
-    affinity_source: str = "attention"  # attention (CLIP-ES) | features (caa.py)
-    feature_power: float = 8.0  # beta of the "features" source
-    box_threshold: float = 0.4  # 0.4 VOC, 0.7 COCO
-    reference_quirks: bool = False
+    scales: tuple[float, ...] = tuple(_DEFAULTS["scales"].default)
+    flip: bool = _DEFAULTS["flip"].default
+    caa_layers: int = _DEFAULTS["caa_layers"].default
+    sinkhorn_rounds: int = _DEFAULTS["sinkhorn_rounds"].default
+    affinity_power: int = _DEFAULTS["affinity_power"].default
+    affinity_source: str = _DEFAULTS["affinity_source"].default  # attention (CLIP-ES) | features (caa.py)
+    feature_power: float = _DEFAULTS["feature_power"].default  # beta of the "features" source
+    box_threshold: float = _DEFAULTS["box_threshold"].default  # 0.4 VOC, 0.7 COCO
+    # CAA boxes as CLIP-ES's scoremap2bbox: 8-bit threshold, clipped box ends
+    reference_quirks: bool = _DEFAULTS["reference_quirks"].default
+    # Grad-CAM min-max: "once" | "clip_es" (twice, each with the 1e-7 epsilon, as CLIP-ES's pytorch_grad_cam does;
+    # gradcam.clip_es_minmax). The CAA then refines the map normalised this way, as in the reference.
+    gradcam_normalization: str = _DEFAULTS["gradcam_normalization"].default
+    # Round the (interpolated) positional embedding through float16, as CLIP-ES's upsample_pos_emb does
+    # (VisualRunner.positional_embedding); changes only grids other than the model's native one for fp16 weights.
+    fp16_positional_embedding: bool = _DEFAULTS["fp16_positional_embedding"].default
+    # fp16 autocast on CUDA, as the reference ran CLIP in half precision; ignored on CPU
+    amp: bool = _DEFAULTS["amp"].default
     logit_scale: float = 100.0
-    amp: bool = True  # fp16 autocast on CUDA, as the reference ran CLIP in half precision; ignored on CPU
     batched_gradients: bool = True  # False: one backward pass per class, as the reference (for comparison)
 
     def __post_init__(self) -> None:
         check_affinity_source(self.affinity_source)
+        check_gradcam_normalization(self.gradcam_normalization)
 
 
 @dataclass
@@ -75,7 +88,7 @@ class ClipEs:
         settings: ClipEsSettings = ClipEsSettings(),
     ) -> None:
         self.clip = clip
-        self.runner = VisualRunner(clip)
+        self.runner = VisualRunner(clip, fp16_positional_embedding=settings.fp16_positional_embedding)
         self.settings = settings
         self.num_classes = len(class_prompts)
         self.text = encode_text(clip, list(class_prompts) + list(background_prompts))  # (C + B, E)
@@ -99,7 +112,9 @@ class ClipEs:
             background = list(range(self.num_classes, self.text.shape[0]))
             gradcam = softmax_gradcam if self.settings.batched_gradients else softmax_gradcam_loop
             selected = targets + background
-            cams = gradcam(activations, logits, targets, trace.grid, softmax_over=selected)[0]  # (P, h, w)
+            normalization = self.settings.gradcam_normalization
+            cams = gradcam(activations, logits, targets, trace.grid, softmax_over=selected, normalization=normalization)
+            cams = cams[0]  # (P, h, w)
             affinity = trace_affinity([trace.blocks[i % self.runner.num_layers] for i in layers], self.settings)
             refined = caa_refine(
                 cams,

@@ -7,6 +7,9 @@ enter the last transformer block (its `ln_1` output):
     w_c  = mean over patch tokens n of  d softmax(logits)[c] / d A[n]        (one weight per channel, CLS dropped)
     CAM  = ReLU( sum_d w_c[d] * A[n, d] ),  patches reshaped to the (h, w) grid, then min-max per map.
 
+How often the map is min-maxed is a choice (`normalization`): "once" (the default) min-maxes once; "clip_es"
+repeats CLIP-ES's code, which min-maxes twice (see `clip_es_minmax`).
+
 The softmax is what makes the map class-discriminative: raising c's probability means lowering the others',
 so regions that look like a competing class (or like background words) get negative weight.
 
@@ -37,6 +40,34 @@ def minmax(x: Tensor, dims: int | Sequence[int], eps: float = MINMAX_EPS) -> Ten
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     shifted = x - x.amin(dim=dims, keepdim=True)
     return shifted / (shifted.amax(dim=dims, keepdim=True) + eps)
+
+
+# How the ReLU'd CAM is min-maxed: "once" (the project's default) or "clip_es" (twice, as CLIP-ES's code does).
+GRADCAM_NORMALIZATIONS = ("once", "clip_es")
+
+
+def check_gradcam_normalization(normalization: str) -> None:
+    if normalization not in GRADCAM_NORMALIZATIONS:
+        raise ValueError(f"gradcam normalization must be one of {GRADCAM_NORMALIZATIONS}, got {normalization!r}")
+
+
+def clip_es_minmax(x: Tensor, dims: int | Sequence[int]) -> Tensor:
+    """CLIP-ES's normalisation of its Grad-CAM: `minmax` twice, each with the 1e-7 epsilon.
+
+    In CLIP-ES (linyq2117/CLIP-ES @ 3893f81) the ReLU'd CAM goes through `scale_cam_image`
+    (pytorch_grad_cam/utils/image.py, lines 51-61: `img - min`, then `img / (1e-7 + max)`) twice:
+    `BaseCAM.compute_cam_per_layer` (pytorch_grad_cam/base_cam.py, lines 144-145: `np.maximum(cam, 0)`, then
+    `scale_cam_image`), then `BaseCAM.aggregate_multi_layers` (lines 150-154: concatenate the one target layer,
+    `np.maximum(., 0)`, mean over that one layer, `scale_cam_image` again). The second ReLU and the mean over a
+    single layer change nothing, so this is minmax(minmax(x)), in float32 like the reference's numpy arrays.
+
+    Both passes carry the epsilon, so no division by zero happens and no NaN or inf appears (unless `x` holds
+    them): an exactly flat map (e.g. all zeros after the ReLU) becomes all zeros, as in the reference. A map whose
+    range r is small against 1e-7 is where the two choices differ: one pass gives a maximum of r / (r + 1e-7)
+    (0.5 at r = 1e-7), the second pass stretches that back to about 1, so a near-flat map (float noise) is spread
+    over the whole [0, 1]. For ranges well above 1e-7 the two agree within about 1e-7 / r.
+    """
+    return minmax(minmax(x, dims), dims)
 
 
 def _check_shapes(activations: Tensor, logits: Tensor, grid: tuple[int, int]) -> None:
@@ -134,7 +165,7 @@ def _prepare(
 
 
 def _cams_from_gradients(
-    activations: Tensor, gradients: Tensor, grid: tuple[int, int], relu: bool, normalize: bool
+    activations: Tensor, gradients: Tensor, grid: tuple[int, int], relu: bool, normalize: bool, normalization: str
 ) -> Tensor:
     """CAMs (B, T, h, w) from activations (B, N, D) and per-target gradients (T, B, N, D), CLS dropped."""
     weights = gradients[:, :, 1:].float().mean(dim=2)  # (T, B, D): spatial mean over patch tokens
@@ -145,16 +176,22 @@ def _cams_from_gradients(
     if relu:
         cams = cams.clamp_min(0)
     if normalize:
-        cams = minmax(cams, (-2, -1))
+        cams = clip_es_minmax(cams, (-2, -1)) if normalization == "clip_es" else minmax(cams, (-2, -1))
     return cams
 
 
 def _finish(
-    activations: Tensor, gradients: Tensor, grid: tuple[int, int], relu: bool, normalize: bool, batched: bool
+    activations: Tensor,
+    gradients: Tensor,
+    grid: tuple[int, int],
+    relu: bool,
+    normalize: bool,
+    batched: bool,
+    normalization: str,
 ) -> Tensor:
     if not batched:
         activations, gradients = activations.unsqueeze(0), gradients.unsqueeze(1)
-    cams = _cams_from_gradients(activations, gradients, grid, relu, normalize)
+    cams = _cams_from_gradients(activations, gradients, grid, relu, normalize, normalization)
     return cams if batched else cams.squeeze(0)
 
 
@@ -173,6 +210,7 @@ def softmax_gradcam(
     epsilon: float = 0.0,
     relu: bool = True,
     normalize: bool = True,
+    normalization: str = "once",
     create_graph: bool = False,
     retain_graph: bool | None = None,
 ) -> Tensor:
@@ -189,6 +227,8 @@ def softmax_gradcam(
       epsilon: 0 gives the exact softmax over the selected entries. FMA-WSSS uses 1e-5: exp(x - max over all K)
         masked, divided by (masked sum + epsilon).
       relu, normalize: ReLU and then per-map min-max (CLIP-ES, the default). FMA-WSSS training: both False.
+      normalization: how `normalize` min-maxes: "once" (default), or "clip_es" = twice, as CLIP-ES's code does
+        (`clip_es_minmax`; differs from "once" only on maps whose range is not large against 1e-7).
       create_graph: keep the graph of the gradient weights so the CAM can be backpropagated (second order) to
         whatever produced the logits (FMA-WSSS's prompts). The activations are always detached in the product,
         so no gradient flows through the A factor of w * A. With False the CAM carries no graph.
@@ -196,6 +236,7 @@ def softmax_gradcam(
 
     Returns float32 CAMs (T, h, w) for 2-D activations, (B, T, h, w) for 3-D.
     """
+    check_gradcam_normalization(normalization)
     probabilities, selectors = _prepare(activations, logits, target_indices, grid, softmax_over, epsilon)
     if selectors.shape[0] == 0:
         return _empty_result(activations, grid)
@@ -207,7 +248,8 @@ def softmax_gradcam(
         retain_graph=retain_graph,
         create_graph=create_graph,
     )  # (T, *activations.shape)
-    return _finish(activations, gradients, grid, relu, normalize, batched=activations.ndim == 3)
+    batched = activations.ndim == 3
+    return _finish(activations, gradients, grid, relu, normalize, batched=batched, normalization=normalization)
 
 
 def softmax_gradcam_loop(
@@ -220,11 +262,13 @@ def softmax_gradcam_loop(
     epsilon: float = 0.0,
     relu: bool = True,
     normalize: bool = True,
+    normalization: str = "once",
     create_graph: bool = False,
     retain_graph: bool | None = None,
 ) -> Tensor:
     """Same result as `softmax_gradcam`, with one backward pass per target (the baseline it is benchmarked
     against, and how the CLIP-ES code does it). Arguments as in `softmax_gradcam`."""
+    check_gradcam_normalization(normalization)
     probabilities, selectors = _prepare(activations, logits, target_indices, grid, softmax_over, epsilon)
     num_targets = selectors.shape[0]
     if num_targets == 0:
@@ -240,4 +284,5 @@ def softmax_gradcam_loop(
             create_graph=create_graph,
         )
         gradients.append(gradient)
-    return _finish(activations, torch.stack(gradients), grid, relu, normalize, batched=activations.ndim == 3)
+    stacked, batched = torch.stack(gradients), activations.ndim == 3
+    return _finish(activations, stacked, grid, relu, normalize, batched=batched, normalization=normalization)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +24,9 @@ from torch.nn import functional as F
 from wsss_core.cam.caa import caa_refine, check_affinity_source, trace_affinity
 from wsss_core.cam.clip_es import ClipEsCams
 from wsss_core.cam.gradcam import minmax, softmax_gradcam
-from wsss_core.models.clip import ClipModel, VisualRunner, prepare_image
+from wsss_core.cam.methods.fma_prompts import SETTINGS as _DEFAULTS
+from wsss_core.models.clip import ClipModel
+from wsss_core.models.clip_visual import VisualRunner, prepare_image
 
 SOFTMAX_EPSILON = 1e-5  # FMA-WSSS's masked softmax: exp / (sum over the mask + epsilon)
 REFINE_MODES = ("score", "cam", "none")
@@ -96,16 +96,19 @@ def gradcams_of_present(
 
 @dataclass(frozen=True)
 class LearnedCamSettings:
-    """CAA settings of one task (FMA-WSSS VOC: classification 1 Sinkhorn round, box threshold 0.4, t = 2, on the
-    score; segmentation the same with threshold 0.5, on the raw CAM)."""
+    """CAA settings of one task. The defaults are the `fma_prompts` method's settings (wsss_core/cam/methods/
+    fma_prompts.py: FMA-WSSS VOC classification, 1 Sinkhorn round, box threshold 0.4, t = 2, on the score)."""
 
-    caa_layers: int = 8
-    sinkhorn_rounds: int = 1
-    affinity_power: int = 2
-    affinity_source: str = "attention"  # attention (CLIP-ES, FMA-WSSS) | features (caa.py)
-    feature_power: float = 8.0  # beta of the "features" source
-    box_threshold: float = 0.4
-    refine: str = "score"
+    caa_layers: int = _DEFAULTS["caa_layers"].default
+    sinkhorn_rounds: int = _DEFAULTS["sinkhorn_rounds"].default
+    affinity_power: int = _DEFAULTS["affinity_power"].default
+    affinity_source: str = _DEFAULTS["affinity_source"].default  # attention (CLIP-ES, FMA-WSSS) | features (caa.py)
+    feature_power: float = _DEFAULTS["feature_power"].default  # beta of the "features" source
+    box_threshold: float = _DEFAULTS["box_threshold"].default
+    refine: str = _DEFAULTS["refine"].default
+    # CAA boxes as FMA-WSSS's scoremap2bbox (libs/seeding/aff/utils.py, the same code as CLIP-ES's utils.py): the
+    # score quantised to 8 bits before thresholding, box ends clipped to w-1 / h-1 (caa.box_mask).
+    reference_quirks: bool = _DEFAULTS["reference_quirks"].default
 
     def __post_init__(self) -> None:
         if self.refine not in REFINE_MODES:
@@ -153,67 +156,12 @@ class LearnedPromptCams:
             affinity = trace_affinity([trace.blocks[i % self.runner.num_layers] for i in layers], self.settings)
             source = score if self.settings.refine == "score" else cams
             propagated = caa_refine(
-                source, affinity, box_threshold=self.settings.box_threshold, box_source=score, normalize=False
+                source,
+                affinity,
+                box_threshold=self.settings.box_threshold,
+                box_source=score,
+                normalize=False,
+                reference_quirks=self.settings.reference_quirks,
             )
             refined = minmax(propagated.clamp_min(0), (-2, -1))
         return ClipEsCams(class_ids, score.cpu(), refined.cpu())
-
-
-def generate_learned_cams(
-    index_path: Path, prompts_dir: Path, out_path: Path, cams_key: str, params: dict[str, Any]
-) -> Path:
-    """CAMs of every image of the index from the prompts in `prompts_dir`, refined with the settings
-    learn.<cams_key> ("coarse_cams" or "fine_cams"); writes the dense CAM artifact `out_path` (token grid, float16,
-    resumable like the cams stage)."""
-    from wsss_core.cam.generate import load_clip_from_params
-    from wsss_core.data.base import read_image
-    from wsss_core.data.index import read_index, read_index_hashes, read_index_sizes
-    from wsss_core.progress import progress
-    from wsss_core.prompts.fma import load_prompts
-    from wsss_core.provenance import make_provenance
-    from wsss_core.store.dense import DenseMapWriter
-    from wsss_core.store.table import ArtifactError
-
-    learn, clip_params = params["learn"], params["models"]["clip"]
-    cam_params = learn[cams_key]
-    dataset = read_index(index_path)
-    clip = load_clip_from_params(clip_params, learn["device"])
-    prompts = load_prompts(clip, prompts_dir)
-    if prompts.num_foreground != dataset.num_classes - 1:
-        raise ArtifactError(
-            f"{prompts_dir}: prompts name {prompts.num_foreground} classes, the dataset has {dataset.num_classes - 1}"
-        )
-    generator = LearnedPromptCams(clip, prompts, LearnedCamSettings(**cam_params))
-    size_of, image_hashes = read_index_sizes(index_path), read_index_hashes(index_path)
-    image_sizes = np.array([size_of[sample.image_id] for sample in dataset.samples])
-    provenance = make_provenance(
-        out_path.stem,
-        {f"learn.{cams_key}": cam_params, "models.clip": clip_params},
-        upstream={"index": index_path, "prompts": prompts_dir},
-        checkpoints={"clip": clip.provenance},
-        libraries=("open_clip_torch",),
-        details={
-            "variant": "caa" if cam_params["refine"] != "none" else "raw",
-            "split": dataset.split,
-            "resolution": "feature",
-            "prompt_design": prompts.design,
-        },
-    )
-    writer = DenseMapWriter(
-        out_path,
-        kind="cams",
-        image_ids=[sample.image_id for sample in dataset.samples],
-        sizes=-(-image_sizes // clip.patch_size),
-        dtype="float16",
-        channels=max(1, max(len(sample.labels) for sample in dataset.samples)),
-        class_names=dataset.class_names,
-        image_sha256=[image_hashes[sample.image_id] for sample in dataset.samples],
-        provenance=provenance,
-        extra={"resolution": "feature", "patch_size": clip.patch_size},
-    )
-    pending = writer.pending()
-    for index in progress(pending, out_path.stem, total=len(pending)):
-        sample = dataset.samples[index]
-        result = generator(read_image(sample.image_path), sample.labels)
-        writer.write(index, result.refined.numpy(), classes=result.class_ids)
-    return writer.commit()

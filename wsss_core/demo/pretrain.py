@@ -216,7 +216,7 @@ def pretrain_demo_clip(
       out_dir: the artifact directory (replaced atomically when training is done).
       curve_path: CSV of the loss, learning rate and logit scale per step (for `dvc plots`).
       settings: the `demo.clip` params section (model_cfg, scenes, closeups, steps, batch_size, lr, ...).
-      domain: what the pretraining images look like: `min_objects`, `max_objects` (from dataset.synthetic).
+      domain: what the pretraining images look like: `min_objects`, `max_objects` (from demo.data).
       device: where to train ("auto": CUDA when present).
       scratch_root: where the resumable state lives between runs (removed when the artifact is written).
     """
@@ -280,7 +280,7 @@ def pretrain_demo_clip(
     weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     provenance = make_provenance(
         "demo_clip",
-        {"demo.clip": settings, "dataset.synthetic": domain},
+        {"demo.clip": settings, "demo.data": domain},
         libraries=("open_clip_torch", "safetensors"),
         details={
             "arch": "demo-clip",

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss_core.models.clip import ClipModel, encode_text_embeddings
+from wsss_core.models.clip import ClipModel
+from wsss_core.models.clip_text import encode_text_embeddings
 
 LAYOUTS = ("unified_end", "class_front", "context_only", "class_end")
 _PLACEHOLDER = "X"

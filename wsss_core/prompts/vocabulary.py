@@ -159,3 +159,26 @@ def prompts_for(names: Sequence[str], template: str = CLIP_ES_TEMPLATE) -> list[
     if isinstance(names, str) or not all(isinstance(name, str) and name.strip() for name in names):
         raise ValueError(f"names must be a list of non-empty strings, got {names!r}")
     return [template.replace("{}", name) for name in names]
+
+
+CLASS_WORD_CHOICES = ("dataset", "clip_es_voc", "clip_es_coco")
+BACKGROUND_WORD_CHOICES = ("clip_es_voc", "clip_es_coco", "none")
+
+
+def class_words(setting: str, class_names: Sequence[str], key: str) -> list[str]:
+    """Words naming classes 1..C: the dataset's own names (`class_names` holds background first) or CLIP-ES's synonym
+    lists, which must name as many classes as the dataset has. `key` names the param in the error."""
+    from wsss_core.params import ParamsError
+
+    words = {"dataset": list(class_names[1:]), "clip_es_voc": CLIP_ES_VOC_NAMES, "clip_es_coco": CLIP_ES_COCO_NAMES}
+    chosen = list(words[setting])
+    if len(chosen) != len(class_names) - 1:
+        raise ParamsError(f"{key}: {setting!r} names {len(chosen)} classes, the dataset has {len(class_names) - 1}")
+    return chosen
+
+
+def background_vocabulary(setting: str) -> list[str]:
+    """CLIP-ES's background words: 25 for VOC, 23 for COCO, or none."""
+    return {"clip_es_voc": list(CLIP_ES_BACKGROUND_VOC), "clip_es_coco": list(CLIP_ES_BACKGROUND_COCO), "none": []}[
+        setting
+    ]

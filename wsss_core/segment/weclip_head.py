@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss_core.models.clip import ClipModel, VisualRunner, tokens_to_map
+from wsss_core.models.clip import ClipModel
+from wsss_core.models.clip_visual import VisualRunner, tokens_to_map
 from wsss_core.models.compat import ensure_torchvision
 
 ensure_torchvision()  # open_clip imports torchvision

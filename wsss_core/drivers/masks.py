@@ -1,6 +1,6 @@
 """The sam_masks stage: class-agnostic masks for every image of the dataset's splits, stored to be shared.
 
-Writes `out_dir/<split>/` (see records.py) for the training split and, with `sam_masks.eval_split`, the evaluation
+Writes `out_dir/<split>/` (see records.py) for the training split and, with the run's `eval_split`, the evaluation
 split (retraining's SAMS post-processing uses those). The provenance of each split records the params that shape
 the masks -- not the device, which may differ between the processes of a sharded run -- the SAM checkpoint's
 sha256 and the dataset index, whose per-image hashes are copied into images.parquet so that a team importing the
@@ -24,9 +24,8 @@ from wsss_core.store.dense import DEFAULT_SCRATCH
 from wsss_core.store.table import ArtifactError
 
 
-def mask_splits(params: dict[str, Any]) -> list[str]:
+def mask_splits(dataset: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     """The dataset splits that get masks: the training split, and the evaluation split when asked for."""
-    dataset, settings = params["dataset"], params["sam_masks"]
     splits = [dataset["train_split"]]
     if settings["eval_split"] and dataset["eval_split"] not in splits:
         splits.append(dataset["eval_split"])
@@ -51,19 +50,20 @@ def recorded_settings(settings: dict[str, Any], n_images: int) -> dict[str, Any]
     return recorded
 
 
-def sam_checkpoint_record(sam: dict[str, Any]) -> dict[str, Any]:
-    """What the SAM weights are, for provenance, checked before any model is built (a merge needs no model)."""
+def sam_checkpoint_record(sam: dict[str, Any], key: str = "sam_masks.runs.<run>.sam") -> dict[str, Any]:
+    """What the SAM weights are, for provenance, checked before any model is built (a merge needs no model).
+    `key`: the params key of the `sam` section, named in errors."""
     from wsss_core.models.checkpoints import verify_checkpoint
     from wsss_core.models.sam import OFFICIAL_CHECKPOINTS
 
     if sam["model_type"] == "custom" and sam["model_cfg"] is None:
-        raise ParamsError("sam_masks.sam.model_cfg: model_type custom needs the build_sam_from_config arguments")
+        raise ParamsError(f"{key}.model_cfg: model_type custom needs the build_sam_from_config arguments")
     if sam["random_init"]:
         if sam["model_type"] != "custom":
-            raise ParamsError("sam_masks.sam.random_init: random weights only for model_type custom (tests, demos)")
+            raise ParamsError(f"{key}.random_init: random weights only for model_type custom (tests, demos)")
         return {"model_type": "custom", "random_init": {"seed": sam["seed"]}}
     if sam["checkpoint"] is None:
-        raise ParamsError("sam_masks.sam.checkpoint: the SAM weights file is required (or random_init for custom)")
+        raise ParamsError(f"{key}.checkpoint: the SAM weights file is required (or random_init for custom)")
     official = OFFICIAL_CHECKPOINTS.get(sam["model_type"])
     hint = f"{official['url']} (the segment-anything README's {sam['model_type']} checkpoint)" if official else ""
     return {
@@ -105,10 +105,9 @@ def load_generator(settings: dict[str, Any], device: str):
     )
 
 
-def _writer_for(split: str, index_path: Path, params: dict[str, Any], checkpoints: dict, scratch_root: Path):
+def _writer_for(split: str, index_path: Path, settings: dict[str, Any], checkpoints: dict, scratch_root: Path):
     from wsss_core.masks.records import read_index_hashes
 
-    settings = params["sam_masks"]
     columns, _ = read_index_hashes(index_path)
     n_images = len(columns["image_id"])
     if n_images == 0:
@@ -139,24 +138,30 @@ def _writer_for(split: str, index_path: Path, params: dict[str, Any], checkpoint
 def generate_masks(
     index_dir: Path,
     out_dir: Path,
-    params: dict[str, Any],
+    dataset: dict[str, Any],
+    settings: dict[str, Any],
+    device: str,
     *,
     shard: tuple[int, int] | None = None,
     merge_only: bool = False,
     scratch_root: Path = DEFAULT_SCRATCH,
+    key: str = "sam_masks.runs.<run>",
 ) -> Path | None:
-    """Compute the masks still missing and write `out_dir`; returns None for a shard (which leaves its work in
-    the scratch directory for the merge). merge_only: compute nothing, fail if any shard's work is missing."""
+    """Compute the masks of one run (`settings`: a sam_masks.runs entry) still missing for the splits of `dataset`
+    (the dataset params section) and write `out_dir`; returns None for a shard (which leaves its work in the scratch
+    directory for the merge). merge_only: compute nothing, fail if any shard's work is missing. `key`: the run's
+    params key, named in errors."""
     from wsss_core.data.base import DatasetError, read_image
     from wsss_core.data.index import read_index
     from wsss_core.hashing import sha256_file
 
-    settings = params["sam_masks"]
-    checkpoints = {"sam": sam_checkpoint_record(settings["sam"])} if settings["generator"] == "sam" else {}
+    checkpoints = (
+        {"sam": sam_checkpoint_record(settings["sam"], f"{key}.sam")} if settings["generator"] == "sam" else {}
+    )
     writers = {}
-    for split in mask_splits(params):
+    for split in mask_splits(dataset, settings):
         index_path = index_dir / f"{split}.parquet"
-        writers[split] = _writer_for(split, index_path, params, checkpoints, scratch_root)
+        writers[split] = _writer_for(split, index_path, settings, checkpoints, scratch_root)
 
     generator = None
     for split, writer in writers.items():
@@ -164,7 +169,7 @@ def generate_masks(
         if not pending:
             continue
         if generator is None:
-            generator = load_generator(settings, settings["device"])
+            generator = load_generator(settings, device)
         samples = read_index(index_dir / f"{split}.parquet").samples
         label = f"sam_masks {split}" + (f" shard {shard[0]}/{shard[1]}" if shard else "")
         for index in progress(pending, label, total=len(pending)):

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from wsss_core.cam.learned import gradcams_of_present, image_logits
-from wsss_core.models.clip import ClipModel, VisualRunner
+from wsss_core.models.clip import ClipModel
+from wsss_core.models.clip_visual import VisualRunner
 from wsss_core.prompts.fma import FmaPrompts
 from wsss_core.prompts.losses import (
     cam_activation_loss,
@@ -34,7 +35,6 @@ from wsss_core.prompts.losses import (
 
 CLASSIFICATION_LOSSES = {"mcl": multilabel_contrastive_loss, "bce": multilabel_bce_loss}
 SEGMENTATION_LOSSES = {"cal": cam_activation_loss, "ce": pixel_bce_loss}
-TASK_OUTPUTS = {"classification": "coarse", "segmentation": "fine"}  # task -> the CAMs and seeds its prompts give
 
 
 @dataclass(frozen=True)
@@ -190,18 +190,10 @@ def train_prompts(
 
 
 def _task_words(params: dict[str, Any], class_names: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    from wsss_core.cam.generate import background_words
-    from wsss_core.params import ParamsError
-    from wsss_core.prompts import CLIP_ES_COCO_NAMES, CLIP_ES_VOC_NAMES
+    from wsss_core.prompts.vocabulary import background_vocabulary, class_words
 
-    setting = params["class_names"]
-    words = {"dataset": list(class_names[1:]), "clip_es_voc": CLIP_ES_VOC_NAMES, "clip_es_coco": CLIP_ES_COCO_NAMES}
-    foreground = list(words[setting])
-    if len(foreground) != len(class_names) - 1:
-        raise ParamsError(
-            f"learn.class_names: {setting!r} names {len(foreground)} classes, the dataset has {len(class_names) - 1}"
-        )
-    return foreground, background_words(params["background_words"])
+    foreground = class_words(params["class_names"], class_names, "learn.class_names")
+    return foreground, background_vocabulary(params["background_words"])
 
 
 def _check_seeds(seeds_path: Path, image_ids: list[str], index_path: Path) -> None:
@@ -209,7 +201,7 @@ def _check_seeds(seeds_path: Path, image_ids: list[str], index_path: Path) -> No
     from wsss_core.store.table import ArtifactError
 
     if not seeds_path.exists():
-        raise ArtifactError(f"{seeds_path}: seeds not found (learn.segmentation.seeds names the seeds variant)")
+        raise ArtifactError(f"{seeds_path}: seeds not found (the learn run's `reads`; has its seeds stage run?)")
     seeds = DenseMaps(seeds_path, kind="labels")
     missing = sorted(set(image_ids) - set(seeds.image_ids))
     if missing:
@@ -217,11 +209,11 @@ def _check_seeds(seeds_path: Path, image_ids: list[str], index_path: Path) -> No
     seeds.check_images(index_path)
 
 
-def _check_params(learn: dict[str, Any], task: str, patch_size: int) -> None:
+def _check_params(learn: dict[str, Any], name: str, patch_size: int) -> None:
     """Cross-key checks the schema cannot express, reported with the keys' names."""
     from wsss_core.params import ParamsError
 
-    augment, task_params = learn["training"]["augment"], learn[task]
+    augment, task_params = learn["training"]["augment"], learn["runs"][name]
     if augment["crop"] % patch_size:
         raise ParamsError(
             f"learn.training.augment.crop: {augment['crop']} is not a multiple of the patch size {patch_size}"
@@ -235,7 +227,8 @@ def _check_params(learn: dict[str, Any], task: str, patch_size: int) -> None:
         raise ParamsError(f"learn.training.augment.long_side: {[low, high]} is not [low, high]")
     if task_params["stop_after"] is not None and task_params["stop_after"] > task_params["iterations"]:
         raise ParamsError(
-            f"learn.{task}.stop_after: {task_params['stop_after']} is beyond iterations ({task_params['iterations']})"
+            f"learn.runs.{name}.stop_after: {task_params['stop_after']} is beyond iterations "
+            f"({task_params['iterations']})"
         )
 
 
@@ -250,26 +243,25 @@ def write_curves(directory: Path, curve: list[tuple[int, float, float]]) -> None
             handle.write("\n".join(lines) + "\n")
 
 
-def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir: Path, params: dict[str, Any]) -> Path:
-    """The learn stage: train the prompts of `task` ("classification" or "segmentation") on the index's images and
-    write `artifacts_dir/prompts_<task>/` (context tensors + provenance) and `metrics_dir/learn_<task>/` curves."""
-    from wsss_core.cam.generate import load_clip_from_params
+def learn_prompts(name: str, index_path: Path, artifacts_dir: Path, metrics_dir: Path, params: dict[str, Any]) -> Path:
+    """The learn stage: train the prompts of the run `learn.runs.<name>` on the index's images and write
+    `artifacts_dir/prompts_<name>/` (context tensors + provenance) and `metrics_dir/learn_<name>/` curves."""
     from wsss_core.data.index import read_index
     from wsss_core.hashing import sha256_path
+    from wsss_core.models.loading import clip_from_params
     from wsss_core.prompts.batches import AugmentSettings, TrainingBatches
     from wsss_core.prompts.fma import PROMPTS_FILE, prompts_bytes
     from wsss_core.provenance import canonical, dumps, make_provenance
     from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
     from wsss_core.store.seal import sealed_directory
 
-    if task not in TASK_OUTPUTS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_OUTPUTS)}")
     learn, clip_params = params["learn"], params["models"]["clip"]
-    task_params, training = learn[task], learn["training"]
+    task_params, training = learn["runs"][name], learn["training"]
+    task = task_params["task"]
     dataset = read_index(index_path)
     foreground, background = _task_words(learn, dataset.class_names)
-    clip = load_clip_from_params(clip_params, learn["device"])
-    _check_params(learn, task, clip.patch_size)
+    clip = clip_from_params(clip_params, learn["device"])
+    _check_params(learn, name, clip.patch_size)
     prompts = FmaPrompts(
         clip,
         task_params["prompt_design"],
@@ -282,16 +274,20 @@ def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir:
     upstream = {"index": index_path}
     seeds_path = None
     if task == "segmentation":
-        seeds_path = artifacts_dir / f"seeds_{task_params['seeds']}.zarr"
+        seeds_path = Path(task_params["reads"])
         _check_seeds(seeds_path, [sample.image_id for sample in dataset.samples], index_path)
         upstream["seeds"] = seeds_path
 
     shared_keys = ("amp", "class_names", "background_words", "store_dtype", "training")
-    read = {"learn": {key: learn[key] for key in shared_keys}, f"learn.{task}": task_params, "models.clip": clip_params}
+    read = {
+        "learn": {key: learn[key] for key in shared_keys},
+        f"learn.runs.{name}": task_params,
+        "models.clip": clip_params,
+    }
     inputs = {"read": read, "upstream": {name: sha256_path(path) for name, path in upstream.items()}}
-    out = artifacts_dir / f"prompts_{task}"
+    out = artifacts_dir / f"prompts_{name}"
     hold_lock(artifact_lock_file(out), str(out))
-    scratch = DEFAULT_SCRATCH / f"prompts_{task}-{resume_key(canonical(inputs))}"
+    scratch = DEFAULT_SCRATCH / f"prompts_{name}-{resume_key(canonical(inputs))}"
 
     augment = training["augment"]
     batches = TrainingBatches(
@@ -327,10 +323,10 @@ def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir:
         amp=learn["amp"],
         workers=learn["workers"],
     )
-    curve = train_prompts(prompts, clip, batches, settings, scratch / "checkpoint.pt", f"learn {task}")
+    curve = train_prompts(prompts, clip, batches, settings, scratch / "checkpoint.pt", f"learn {name}")
 
     provenance = make_provenance(
-        f"learn_{task}",
+        f"learn_{name}",
         read,
         upstream=upstream,
         checkpoints={"clip": clip.provenance},
@@ -346,7 +342,7 @@ def learn_prompts(task: str, index_path: Path, artifacts_dir: Path, metrics_dir:
     with sealed_directory(out) as building:
         (building / PROMPTS_FILE).write_bytes(prompts_bytes(prompts, learn["store_dtype"]))
         (building / "provenance.json").write_text(dumps(provenance))
-    write_curves(metrics_dir / f"learn_{task}", curve)
+    write_curves(metrics_dir / f"learn_{name}", curve)
     shutil.rmtree(scratch, ignore_errors=True)
     release_lock(artifact_lock_file(out))
     return out

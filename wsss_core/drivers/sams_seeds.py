@@ -37,7 +37,7 @@ def open_masks_for(index_path: Path, masks_root: Path):
 def make_sams_seeds(cams_path: Path, masks_root: Path, out_path: Path, name: str, settings: dict[str, Any]) -> Path:
     """Seeds of every image of `cams_path` by the SAMS rule with `settings` (a seeds.sams.variants.<name> section)."""
     from wsss_core.cam.resize import upsample_cams
-    from wsss_core.seeding.generate import open_cams_with_index, seed_writer
+    from wsss_core.drivers.seeds import open_cams_with_index, seed_writer
     from wsss_core.seeding.sams import sams_labels
 
     cams, index_path, dataset, size_of = open_cams_with_index(cams_path)

@@ -91,10 +91,10 @@ def retrain(
     """Train `retrain.network` on `artifacts_dir/seeds_<retrain.seeds>.zarr`; write `out_dir` and the curve CSV."""
     from safetensors.torch import save_file
 
-    from wsss_core.cam.generate import load_clip_from_params
     from wsss_core.data.index import read_index
-    from wsss_core.evaluation import index_of_artifact
+    from wsss_core.drivers.evaluate import index_of_artifact
     from wsss_core.models import resolve_device
+    from wsss_core.models.loading import clip_from_params
     from wsss_core.segment.networks import NEEDS_CLIP, build_network
     from wsss_core.segment.train import OptimizerSettings, TrainSettings, train
 
@@ -118,7 +118,7 @@ def retrain(
 
     device = resolve_device(settings["device"])
     clip_params = params["models"]["clip"]
-    clip = load_clip_from_params(clip_params, device) if name in NEEDS_CLIP else None
+    clip = clip_from_params(clip_params, device) if name in NEEDS_CLIP else None
     network = build_network(
         name, network_settings, len(dataset.class_names), clip=clip, device=device, seed=settings["seed"]
     )

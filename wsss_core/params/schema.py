@@ -1,56 +1,18 @@
-"""params.yaml: one section per stage, validated on load.
-
-Every key the pipeline reads is declared here with its type, default, allowed values and meaning, so a typo
-or a wrong value fails at once with a message naming the key, instead of silently falling back to a default
-deep inside a stage. Sections are plain dicts of `Spec`s (nested dicts for sub-sections).
+"""The sections of params.yaml: every key the pipeline reads, with its type, default, allowed values and meaning,
+so a typo or a wrong value fails at once with a message naming the key. Stage families (`MapOf`) hold one entry per
+DVC stage; CAM methods declare their own run settings (wsss_core/cam/methods).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import yaml
-
-
-class ParamsError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One parameter: its type (int, float, str, bool, list), default and constraints.
-
-    Float values must be finite: NaN and +-infinity are rejected for every float (no parameter takes them).
-    """
-
-    type: type
-    default: Any
-    help: str
-    choices: tuple | None = None
-    min: float | None = None
-    max: float | None = None
-    item: type | None = None  # element type of a list
-    length: int | None = None  # exact length of a list
-    nullable: bool = False
-
-
-@dataclass(frozen=True)
-class MapOf:
-    """A mapping from names the user chooses (e.g. seed variants) to sections that share one schema."""
-
-    schema: dict
-    default: dict
-    help: str
-
-
-Schema = dict[str, "Spec | MapOf | Schema"]
+from wsss_core.cam.methods import CAM_METHODS
+from wsss_core.cam.methods.common import RUN as CAM_RUN
+from wsss_core.params.spec import MapOf, Schema, Spec
+from wsss_core.prompts.vocabulary import BACKGROUND_WORD_CHOICES, CLASS_WORD_CHOICES
 
 DATASET: Schema = {
     "kind": Spec(str, "synthetic", "dataset layout", choices=("synthetic", "voc", "coco", "folder")),
-    "root": Spec(str, "data/demo", "dataset root directory (for synthetic: where the demo data is generated)"),
+    "root": Spec(str, "data/demo", "dataset root directory (the demo pipeline generates data/demo)"),
     "train_split": Spec(str, "train", "split whose seeds are generated from image-level labels"),
     "eval_split": Spec(str, "val", "split on which final predictions are evaluated"),
     "label_source": Spec(
@@ -59,14 +21,6 @@ DATASET: Schema = {
         "where image-level labels come from; papers differ, so it is recorded in provenance",
         choices=("gt_masks", "xml", "csv"),
     ),
-    "synthetic": {
-        "n_train": Spec(int, 60, "generated training images", min=1),
-        "n_val": Spec(int, 30, "generated validation images", min=1),
-        "image_size": Spec(list, [128, 128], "height, width of generated images", item=int, length=2, min=32),
-        "seed": Spec(int, 0, "generator seed", min=0),
-        "min_objects": Spec(int, 1, "fewest objects per image", min=1),
-        "max_objects": Spec(int, 3, "most objects per image", min=1),
-    },
 }
 
 MODELS: Schema = {
@@ -83,84 +37,46 @@ MODELS: Schema = {
     },
 }
 
-# What CAA's affinity is built from (wsss_core/cam/caa.py), shared by the CLIP-ES and the learned-prompt CAMs.
-CAA_AFFINITY_SOURCE: Schema = {
-    "affinity_source": Spec(
-        str,
-        "attention",
-        "CAA affinity from the layers' attention (CLIP-ES) or their token similarity (AffinityNet-style)",
-        choices=("attention", "features"),
+CAMS: Schema = {
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N"),
+    "runs": MapOf(
+        CAM_RUN,
+        "CAM runs; each becomes artifacts/cams_<name>.zarr (method: a key of wsss_core.cam.methods.CAM_METHODS)",
+        kind_key="method",
+        kinds={name: module.SETTINGS for name, module in CAM_METHODS.items()},
     ),
-    "feature_power": Spec(float, 8.0, "features: Hadamard power beta of the similarity (AffinityNet 8)", min=1.0),
 }
 
-CAMS: Schema = {
-    "method": Spec(str, "clip_es", "CAM generator", choices=("clip_es",)),
-    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N"),
-    "class_names": Spec(
-        str,
-        "dataset",
-        "words naming the foreground classes: the dataset's names, or CLIP-ES's synonym lists",
-        choices=("dataset", "clip_es_voc", "clip_es_coco"),
-    ),
-    "background_words": Spec(
-        str,
-        "clip_es_voc",
-        "background vocabulary (25 VOC / 23 COCO words)",
-        choices=("clip_es_voc", "clip_es_coco", "none"),
-    ),
-    "template": Spec(str, "a clean origami {}.", "prompt template; {} is replaced by the class words"),
-    "scales": Spec(list, [1.0], "image scales averaged (reference: single scale)", item=float, min=0.1, max=4.0),
-    "flip": Spec(bool, False, "also average horizontally flipped views (reference: no flip)"),
-    "caa_layers": Spec(int, 8, "layers (the last ones) whose attention or tokens CAA uses", min=1),
-    "sinkhorn_rounds": Spec(int, 3, "Sinkhorn rounds in CAA", min=0),
-    "affinity_power": Spec(int, 2, "power t of the CAA affinity", min=1),
-    **CAA_AFFINITY_SOURCE,
-    "box_threshold": Spec(float, 0.4, "CAA box mask threshold (times max): 0.4 VOC, 0.7 COCO", min=0.0, max=1.0),
-    "reference_quirks": Spec(bool, False, "reproduce CLIP-ES's 8-bit box threshold and clipped box ends"),
-    "amp": Spec(bool, True, "fp16 autocast on CUDA (the reference ran CLIP in half precision)"),
-    "store_resolution": Spec(
-        str, "feature", "CAMs stored on the token grid or upsampled to image size", choices=("feature", "image")
-    ),
+# Dense CRF (pydensecrf) on the uint8 image, CLIP-ES's settings: seeds and predictions share them.
+CRF_KERNELS: Schema = {
+    "iterations": Spec(int, 10, "mean-field iterations", min=1),
+    "gaussian_sxy": Spec(float, 1.0, "Gaussian kernel spatial std", min=0.0),
+    "gaussian_compat": Spec(float, 3.0, "Gaussian kernel weight", min=0.0),
+    "bilateral_sxy": Spec(float, 67.0, "bilateral kernel spatial std", min=0.0),
+    "bilateral_srgb": Spec(float, 3.0, "bilateral kernel colour std", min=0.0),
+    "bilateral_compat": Spec(float, 4.0, "bilateral kernel weight", min=0.0),
 }
 
 SEED_VARIANT: Schema = {
-    "cams": Spec(
-        str,
-        "cams_caa",
-        "CAM artifact the seeds come from (cams_coarse / cams_fine: from learned prompts)",
-        choices=("cams_raw", "cams_caa", "cams_coarse", "cams_fine"),
-    ),
+    "cams": Spec(str, None, "CAM artifact the seeds come from: cams_<a key of cams.runs>"),
     "background": Spec(
         str, "power", "background score: (1 - max CAM)^value, or a constant", choices=("power", "threshold")
     ),
     "background_value": Spec(float, 1.0, "alpha (power) or the constant (threshold)", min=0.0),
     "crf": {
         "enabled": Spec(bool, False, "refine with a dense CRF (pydensecrf)"),
-        "iterations": Spec(int, 10, "mean-field iterations", min=1),
-        "gaussian_sxy": Spec(float, 1.0, "Gaussian kernel spatial std", min=0.0),
-        "gaussian_compat": Spec(float, 3.0, "Gaussian kernel weight", min=0.0),
-        "bilateral_sxy": Spec(float, 67.0, "bilateral kernel spatial std", min=0.0),
-        "bilateral_srgb": Spec(float, 3.0, "bilateral kernel colour std", min=0.0),
-        "bilateral_compat": Spec(float, 4.0, "bilateral kernel weight", min=0.0),
+        **CRF_KERNELS,
         "confidence": Spec(float, 0.95, "pixels whose CRF probability is below this become 255", min=0.0, max=1.0),
     },
 }
 
 SEEDS: Schema = {
-    "variants": MapOf(
-        SEED_VARIANT,
-        {
-            "cam": {"cams": "cams_raw"},
-            "caa": {"cams": "cams_caa"},
-            "crf": {"cams": "cams_caa", "crf": {"enabled": True}},
-        },
-        "named seed variants; each becomes artifacts/seeds_<name>.zarr and is evaluated",
-    ),
+    "variants": MapOf(SEED_VARIANT, "seed variants; each becomes artifacts/seeds_<name>.zarr and is evaluated"),
     "sams": {
         "variants": MapOf(
             {
                 "cams": SEED_VARIANT["cams"],
+                "masks": Spec(str, None, "the masks the quasi-superpixels come from: a key of sam_masks.runs"),
                 "alpha": Spec(
                     float,
                     0.6,
@@ -169,8 +85,7 @@ SEEDS: Schema = {
                     min=0.0,
                 ),
             },
-            {"sams": {"cams": "cams_caa", "alpha": 0.6}},
-            "SAMS seed variants (FMA-WSSS): classes assigned per SAM quasi-superpixel (artifacts/sam_masks); "
+            "SAMS seed variants (FMA-WSSS): classes assigned per quasi-superpixel of artifacts/masks_<masks>; "
             "each becomes artifacts/seeds_<name>.zarr and is evaluated",
         ),
     },
@@ -190,19 +105,20 @@ EVALUATE: Schema = {
 }
 
 
-SAM_MASKS: Schema = {
+SAM_MASKS_RUN: Schema = {
     "generator": Spec(
         str,
         "sam",
         "sam (segment-anything automatic masks) | felzenszwalb (classical over-segmentation, needs no weights)",
         choices=("sam", "felzenszwalb"),
     ),
-    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N (not recorded: shards may differ)"),
     "eval_split": Spec(bool, True, "also compute masks for dataset.eval_split (SAMS post-processing of predictions)"),
     "part_images": Spec(
         int, None, "images per part file; null: at most 128 parts of at least 8 images", nullable=True, min=1
     ),
-    "overlays": Spec(int, 4, "images per split drawn to reports/sam_masks/ (masks by level, quasi-superpixels)", min=0),
+    "overlays": Spec(
+        int, 4, "images per split drawn to reports/masks_<name>/ (masks by level, quasi-superpixels)", min=0
+    ),
     "sam": {
         "model_type": Spec(
             str,
@@ -254,6 +170,12 @@ SAM_MASKS: Schema = {
 }
 
 
+SAM_MASKS: Schema = {
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N (not recorded: shards may differ)"),
+    "runs": MapOf(SAM_MASKS_RUN, "class-agnostic mask sets; each becomes artifacts/masks_<name>"),
+}
+
+
 def _optimizer_specs(
     kind: str, lr: float, backbone_scale: float, head_scale: float, decay: float, nesterov: bool, loss: str
 ) -> Schema:
@@ -289,22 +211,20 @@ PREDICTION: Schema = {
     "window": Spec(int, 0, "sliding window side in pixels; 0 runs each view whole", min=0),
     "stride": Spec(int, 0, "sliding window stride in pixels (0 < stride <= window)", min=0),
     "postprocess": Spec(str, "none", "none (argmax) | crf | sams (SAM masks)", choices=("none", "crf", "sams")),
-    "crf": {
-        "iterations": Spec(int, 10, "mean-field iterations", min=1),
-        "gaussian_sxy": Spec(float, 1.0, "Gaussian kernel spatial std", min=0.0),
-        "gaussian_compat": Spec(float, 3.0, "Gaussian kernel weight", min=0.0),
-        "bilateral_sxy": Spec(float, 67.0, "bilateral kernel spatial std", min=0.0),
-        "bilateral_srgb": Spec(float, 3.0, "bilateral kernel colour std", min=0.0),
-        "bilateral_compat": Spec(float, 4.0, "bilateral kernel weight", min=0.0),
-    },
+    "crf": CRF_KERNELS,
     "sams": {
-        "masks": Spec(str, "artifacts/sam_masks", "the sam_masks artifact; its eval-split masks are used"),
         "alpha": Spec(float, 1.0, "background power (1 - max score)^alpha", min=0.0),
     },
+    "reads": Spec(
+        str,
+        None,
+        "the artifact read besides the segmenter and the index: for postprocess sams the masks "
+        "(artifacts/masks_<a key of sam_masks.runs>, with its eval split); otherwise artifacts/segmenter",
+    ),
 }
 
 RETRAIN: Schema = {
-    "seeds": Spec(str, "crf", "seed variant to train on: a key of seeds.variants (artifacts/seeds_<name>.zarr)"),
+    "seeds": Spec(str, "crf", "seed variant trained on: a key of seeds.variants or seeds.sams.variants"),
     "network": Spec(
         str,
         "weclip_head",
@@ -361,8 +281,7 @@ RETRAIN: Schema = {
     "predict": {
         "variants": MapOf(
             PREDICTION,
-            {"plain": {}, "crf": {"postprocess": "crf"}},
-            "named inference settings; each becomes artifacts/predictions_<name>.zarr on the eval split, evaluated",
+            "inference settings; each becomes artifacts/predictions_<name>.zarr on the eval split, evaluated",
         ),
     },
 }
@@ -390,36 +309,18 @@ def _learn_task(design: str, init_std: float, losses: tuple[str, ...], iteration
     }
 
 
-def _learned_cams(box_threshold: float, refine: str) -> Schema:
-    return {
-        "caa_layers": Spec(int, 8, "layers (the last ones) whose attention or tokens CAA uses", min=1),
-        "sinkhorn_rounds": Spec(int, 1, "Sinkhorn rounds in CAA (FMA-WSSS: 1)", min=0),
-        "affinity_power": Spec(int, 2, "power t of the CAA affinity", min=1),
-        **CAA_AFFINITY_SOURCE,
-        "box_threshold": Spec(float, box_threshold, "CAA box mask threshold (times max)", min=0.0, max=1.0),
-        "refine": Spec(
-            str,
-            refine,
-            "CAA applied to the normalised score, to the raw CAM, or not at all",
-            choices=("score", "cam", "none"),
-        ),
-    }
-
-
 LEARN: Schema = {
-    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N; for learning and the learned CAMs"),
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N"),
     "amp": Spec(bool, True, "fp16 autocast and gradient scaling on CUDA (the reference trained with AMP)"),
     "workers": Spec(int, 0, "data-loading worker processes (batches do not depend on it)", min=0),
     "checkpoint_every": Spec(int, 100, "iterations between resumable checkpoints", min=1),
     "store_dtype": Spec(str, "float16", "dtype of the stored prompts", choices=("float16", "float32")),
-    "class_names": Spec(
-        str, "dataset", "words naming the foreground classes", choices=("dataset", "clip_es_voc", "clip_es_coco")
-    ),
+    "class_names": Spec(str, "dataset", "words naming the foreground classes", choices=CLASS_WORD_CHOICES),
     "background_words": Spec(
         str,
         "clip_es_voc",
         "background words (or only their number, for pure-context prompts)",
-        choices=("clip_es_voc", "clip_es_coco", "none"),
+        choices=BACKGROUND_WORD_CHOICES,
     ),
     "training": {
         "seed": Spec(int, 0, "seed of the context initialisation, image order and augmentation", min=0),
@@ -437,19 +338,30 @@ LEARN: Schema = {
             "flip": Spec(bool, True, "random horizontal flip"),
         },
     },
-    "classification": _learn_task("unified_context", 0.015, ("mcl", "bce"), 1800),
-    "segmentation": {
-        **_learn_task("csc_prepend", 0.0125, ("cal", "ce"), 17000),
-        "seeds": Spec(str, "coarse", "seeds variant (a key of seeds.variants) the CAM loss is trained against"),
-        "labels": Spec(
-            str,
-            "seeds",
-            "classes explained per crop: those left in the cropped seeds, or the image-level labels",
-            choices=("seeds", "image"),
-        ),
-    },
-    "coarse_cams": _learned_cams(0.4, "score"),
-    "fine_cams": _learned_cams(0.5, "cam"),
+    "runs": MapOf(
+        {
+            "reads": Spec(
+                str,
+                None,
+                "classification: artifacts/index; segmentation: the seeds the CAM loss is trained against, "
+                "artifacts/seeds_<a seed variant>.zarr",
+            )
+        },
+        "prompt learning runs; each becomes artifacts/prompts_<name> (task classification or segmentation)",
+        kind_key="task",
+        kinds={
+            "classification": _learn_task("unified_context", 0.015, ("mcl", "bce"), 1800),
+            "segmentation": {
+                **_learn_task("csc_prepend", 0.0125, ("cal", "ce"), 17000),
+                "labels": Spec(
+                    str,
+                    "seeds",
+                    "classes explained per crop: those left in the cropped seeds, or the image-level labels",
+                    choices=("seeds", "image"),
+                ),
+            },
+        },
+    ),
 }
 
 
@@ -462,6 +374,14 @@ DEMO_CLIP_CFG = {
 }
 
 DEMO: Schema = {
+    "data": {  # the demo pipeline's demo_data stage -> data/demo
+        "n_train": Spec(int, 60, "generated training images", min=1),
+        "n_val": Spec(int, 30, "generated validation images", min=1),
+        "image_size": Spec(list, [128, 128], "height, width of generated images", item=int, length=2, min=32),
+        "seed": Spec(int, 0, "generator seed", min=0),
+        "min_objects": Spec(int, 1, "fewest objects per image", min=1),
+        "max_objects": Spec(int, 3, "most objects per image", min=1),
+    },
     "clip": {
         "seed": Spec(int, 0, "seed of the initial weights and of every batch", min=0),
         "device": Spec(str, "auto", "training device: auto (CUDA when present), cpu, cuda, cuda:N"),
@@ -491,128 +411,15 @@ DEMO: Schema = {
     },
 }
 
+# In pipeline order (the order `wsss params preset` writes them).
 SECTIONS: dict[str, Schema] = {
     "dataset": DATASET,
-    "demo": DEMO,
     "models": MODELS,
     "sam_masks": SAM_MASKS,
+    "learn": LEARN,
     "cams": CAMS,
     "seeds": SEEDS,
-    "evaluate": EVALUATE,
     "retrain": RETRAIN,
-    "learn": LEARN,
+    "evaluate": EVALUATE,
+    "demo": DEMO,
 }
-
-
-def _check_value(value: Any, spec: Spec, key: str) -> Any:
-    if value is None:
-        if spec.nullable:
-            return None
-        raise ParamsError(f"{key}: must not be null ({spec.help})")
-    if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if (spec.type is int and isinstance(value, bool)) or not isinstance(value, spec.type):
-        raise ParamsError(f"{key}: expected {spec.type.__name__}, got {value!r} ({type(value).__name__})")
-    if spec.type is list:
-        if spec.length is not None and len(value) != spec.length:
-            raise ParamsError(f"{key}: expected a list of {spec.length} values, got {value!r}")
-        return (
-            [
-                _check_value(v, Spec(spec.item, None, spec.help, min=spec.min, max=spec.max), f"{key}[{i}]")
-                for i, v in enumerate(value)
-            ]
-            if spec.item
-            else list(value)
-        )
-    if spec.type is float and not math.isfinite(value):
-        # NaN compares False with every bound, so it would slip past min/max; no parameter takes infinity either.
-        raise ParamsError(f"{key}: must be a finite number, got {value!r}")
-    if spec.choices is not None and value not in spec.choices:
-        allowed = ", ".join(map(str, spec.choices))
-        raise ParamsError(f"{key}: {value!r} is not allowed; choose one of: {allowed}")
-    if spec.min is not None and value < spec.min:
-        raise ParamsError(f"{key}: must be >= {spec.min}, got {value!r}")
-    if spec.max is not None and value > spec.max:
-        raise ParamsError(f"{key}: must be <= {spec.max}, got {value!r}")
-    return value
-
-
-def validate_section(raw: Any, schema: Schema, where: str) -> dict[str, Any]:
-    """Check `raw` against `schema`; return it with defaults filled in. `where` prefixes error messages."""
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{where}: expected a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - set(schema))
-    if unknown:
-        allowed = ", ".join(sorted(schema))
-        raise ParamsError(f"{where}.{unknown[0]}: unknown key; allowed keys: {allowed}")
-    result = {}
-    for name, spec in schema.items():
-        key = f"{where}.{name}"
-        if isinstance(spec, dict):
-            result[name] = validate_section(raw.get(name), spec, key)
-        elif isinstance(spec, MapOf):
-            entries = spec.default if raw.get(name) is None else raw[name]
-            if not isinstance(entries, dict) or not entries:
-                raise ParamsError(f"{key}: expected a non-empty mapping of names to sections ({spec.help})")
-            for entry in entries:
-                if not (isinstance(entry, str) and entry.isidentifier()):
-                    raise ParamsError(f"{key}: name {entry!r} must be a plain identifier (letters, digits, _)")
-            result[name] = {
-                entry: validate_section(value, spec.schema, f"{key}.{entry}") for entry, value in entries.items()
-            }
-        else:
-            result[name] = _check_value(raw.get(name, spec.default), spec, key)
-    return result
-
-
-def load_params(path: str | Path = "params.yaml") -> dict[str, dict[str, Any]]:
-    """Read and validate the whole params file; every section present is checked, missing ones get defaults."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ParamsError(f"{path}: {unknown[0]}: unknown section; allowed: {', '.join(SECTIONS)}")
-    return {name: validate_section(raw.get(name), schema, f"{path.name}: {name}") for name, schema in SECTIONS.items()}
-
-
-def defaults() -> dict[str, dict[str, Any]]:
-    return {name: validate_section({}, schema, name) for name, schema in SECTIONS.items()}
-
-
-def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `overlay`'s values written over it, recursively for nested sections.
-
-    A named map (e.g. seeds.variants) is replaced as a whole: a preset lists exactly the variants it wants.
-    """
-    result = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict) and key != "variants":
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = value
-    return result
-
-
-def apply_preset(preset_path: str | Path) -> dict[str, dict[str, Any]]:
-    """Every section with defaults filled in, overridden by the preset file's values, validated."""
-    preset_path = Path(preset_path)
-    if not preset_path.is_file():
-        raise ParamsError(f"{preset_path}: preset file not found")
-    overlay = yaml.safe_load(preset_path.read_text()) or {}
-    if not isinstance(overlay, dict):
-        raise ParamsError(f"{preset_path}: expected a mapping of sections")
-    unknown = sorted(set(overlay) - set(SECTIONS))
-    if unknown:
-        raise ParamsError(f"{preset_path}: {unknown[0]}: unknown section; allowed: {', '.join(SECTIONS)}")
-    merged = merge(defaults(), overlay)
-    return {
-        name: validate_section(merged[name], schema, f"{preset_path.name}: {name}") for name, schema in SECTIONS.items()
-    }

@@ -32,9 +32,9 @@ def load_segmenter(segmenter_dir: Path, clip_params: dict[str, Any], device: tor
     """
     from safetensors.torch import load_file
 
-    from wsss_core.cam.generate import load_clip_from_params
+    from wsss_core.drivers.retrain import WEIGHTS_FILE
+    from wsss_core.models.loading import clip_from_params
     from wsss_core.segment.networks import NEEDS_CLIP, build_network
-    from wsss_core.segment.retrain import WEIGHTS_FILE
 
     provenance = read_provenance(segmenter_dir)
     if provenance.get("stage") != "retrain":
@@ -44,7 +44,7 @@ def load_segmenter(segmenter_dir: Path, clip_params: dict[str, Any], device: tor
     settings = provenance["params"]["retrain"]
     clip = None
     if name in NEEDS_CLIP:
-        clip = load_clip_from_params(clip_params, device)
+        clip = clip_from_params(clip_params, device)
         recorded = provenance["checkpoints"].get("clip")
         if recorded != canonical(clip.provenance):
             raise ArtifactError(
@@ -101,7 +101,7 @@ def write_predictions(
     upstream: dict[str, Path] = {"segmenter": segmenter_dir, "index": index_path}
     masks_source = None
     if settings["postprocess"] == "sams":
-        masks_root = Path(settings["sams"]["masks"])
+        masks_root = Path(settings["reads"])
         masks_source = open_masks(masks_root, name, index_path, dataset.split)
         upstream["masks"] = masks_root / dataset.split
     inference = InferenceSettings(
@@ -151,12 +151,12 @@ def write_predictions(
 def open_masks(root: Path, name: str, index_path: Path, split: str):
     """A function image_id -> that image's SAM masks, from the `split` directory of the sam_masks artifact `root`,
     after checking the masks were computed for exactly these images (same ids and content hashes)."""
-    key = f"retrain.predict.variants.{name}.sams.masks"
+    key = f"retrain.predict.variants.{name}.reads"
     split_dir = root / split
     if not split_dir.is_dir():
         raise ArtifactError(
             f"{key}: {split_dir} not found; sams post-processing needs the sam_masks artifact of the {split!r} "
-            "split (run the sam_masks stage with sam_masks.eval_split: true, or choose postprocess none / crf)"
+            "split (its sam_masks run needs eval_split: true; or choose postprocess none / crf)"
         )
     from wsss_core.masks.records import MaskSet
 

@@ -1,0 +1,79 @@
+"""Every registered CAM method (wsss_core.cam.methods.CAM_METHODS) through the one CAM driver: a method is tested by
+being registered. What a method reads besides the index is made here by the stage that makes it in a pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import small_params
+from tests.test_stages import run_ok
+from wsss_core.cam.methods import CAM_METHODS
+from wsss_core.cam.methods.common import RUN
+from wsss_core.params import ParamsError, validate_section
+from wsss_core.params.schema import CAMS
+from wsss_core.store import DenseMaps
+
+# READS kind -> (the artifact a run of that kind reads, the stage and argument that make it)
+READ_ARTIFACTS = {
+    None: ("artifacts/index", None),
+    "prompts": ("artifacts/prompts_classification", ("learn", "classification")),
+}
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cam_methods")
+    (root / "params.yaml").write_text(yaml.safe_dump(small_params(), sort_keys=False))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        run_ok("demo_data")
+        run_ok("prepare")
+        for _, maker in READ_ARTIFACTS.values():
+            if maker:
+                run_ok(*maker)
+    return root
+
+
+def test_methods_declare_settings_apart_from_the_common_keys():
+    for name, method in CAM_METHODS.items():
+        assert not set(method.SETTINGS) & {"method", *RUN}, name
+        assert method.READS in READ_ARTIFACTS, f"{name}: add how tests make what it reads"
+        defaults = validate_section(
+            {"method": name, "reads": "x"}, CAMS["runs"].entry_schema({"method": name}, name), name
+        )
+        assert set(defaults) == {"method", *RUN, *method.SETTINGS}
+    other = {"clip_es": "refine", "fma_prompts": "template"}
+    with pytest.raises(ParamsError, match=r"cams\.runs\.a\.template: unknown key"):
+        validate_section(
+            {"runs": {"a": {"method": "fma_prompts", "reads": "x", other["fma_prompts"]: "{}"}}}, CAMS, "cams"
+        )
+
+
+@pytest.mark.parametrize("method", sorted(CAM_METHODS))
+@pytest.mark.parametrize("resolution", ["feature", "image"])
+def test_every_method_writes_a_cam_artifact(method, resolution, indexed, monkeypatch):
+    monkeypatch.chdir(indexed)
+    params = yaml.safe_load((indexed / "params.yaml").read_text())
+    reads, _ = READ_ARTIFACTS[CAM_METHODS[method].READS]
+    params["cams"]["runs"]["probe"] = {
+        "method": method,
+        "reads": reads,
+        "caa_layers": 2,
+        "store_resolution": resolution,
+    }
+    (indexed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_ok("cams", "probe", "--out", f"artifacts/cams_probe_{method}_{resolution}.zarr")
+
+    cams = DenseMaps(indexed / "artifacts" / f"cams_probe_{method}_{resolution}.zarr", kind="cams")
+    assert len(cams) == 6
+    for index in range(len(cams)):
+        maps = cams[index]
+        size = (64, 64) if resolution == "image" else (4, 4)  # 64x64 images, the tiny CLIP's 16-pixel patches
+        assert maps.shape == (len(cams.classes(index)), *size)
+        assert maps.min() >= 0 and maps.max() <= 1 and len(cams.classes(index)) > 0
+    provenance = cams.provenance
+    assert provenance["params"]["cams.runs.probe"]["method"] == method
+    assert provenance["details"]["run"] == "probe" and provenance["details"]["resolution"] == resolution
+    if CAM_METHODS[method].READS:
+        assert CAM_METHODS[method].READS in provenance["upstream"]

@@ -1,0 +1,207 @@
+"""Every preset as a user runs it: `wsss params preset`, then `dvc repro` on their own VOC or COCO tree with
+checkpoints in the published file formats. The stages DVC runs are exactly the method's, and the dataset tree is
+byte-identical afterwards."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.conftest import ROOT, TINY_CLIP_CFG
+from tests.test_dvc_pipeline import copy_pipeline, dvc, stages_run
+from wsss_core.data import generate_synthetic
+from wsss_core.hashing import sha256_file, sha256_path
+from wsss_core.params import apply_preset, load_params
+from wsss_core.params.pipeline import pipeline_problems, pipeline_stages
+
+PRESETS = sorted(path.stem for path in (ROOT / "presets").glob("*.yaml"))
+# The stage families each method runs (dvc.yaml's stage names before "@").
+METHOD_FAMILIES = {
+    "clip_es": {"prepare", "cams", "seeds", "evaluate", "retrain", "predict", "evaluate_predictions"},
+    "fma_wsss": {
+        "prepare",
+        "sam_masks",
+        "learn",
+        "cams",
+        "seeds",
+        "sams_seeds",
+        "evaluate",
+        "evaluate_sams",
+        "retrain",
+        "predict",
+        "evaluate_predictions",
+    },
+}
+
+
+def preset_params(name: str) -> dict:
+    return apply_preset(ROOT / "presets" / f"{name}.yaml")
+
+
+def dvc_stages_run_by_root_repro(project: Path) -> set[str]:
+    """The root dvc.yaml's stages and their ancestors in `dvc dag` (across every dvc.yaml of the repository)."""
+    dot = dvc(project, "dag", "--dot")
+    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dot)
+    nodes = set(re.findall(r'"([^"]+)"', dot))
+    wanted = {node for node in nodes if not node.startswith("demo/")}
+    frontier = set(wanted)
+    while frontier:
+        frontier = {source for source, target in edges if target in frontier} - wanted
+        wanted |= frontier
+    return wanted
+
+
+@pytest.mark.parametrize("name", [*PRESETS, "params.yaml"])
+def test_a_root_repro_runs_exactly_the_methods_stages(name, tmp_path):
+    copy_pipeline(tmp_path)
+    params = load_params(ROOT / "params.yaml") if name == "params.yaml" else preset_params(name)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    expected = {stage.name for stage in pipeline_stages(params)}
+    demo = {"demo/dvc.yaml:demo_data", "demo/dvc.yaml:demo_clip"}
+    if name == "params.yaml":  # the demo params reach the demo pipeline through dataset.root and the CLIP's path
+        expected |= demo
+    else:
+        assert {stage.split("@")[0] for stage in expected} == METHOD_FAMILIES[name.rsplit("_", 1)[0]]
+    assert dvc_stages_run_by_root_repro(tmp_path) == expected
+    assert pipeline_problems(params, files=False) == []
+
+
+# ---------------------------------------------------------------------------------------- a user's data, end to end
+
+TINY_SAM = {
+    "encoder_embed_dim": 32,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": [1],
+    "image_size": 64,
+    "vit_patch_size": 16,
+    "window_size": 2,
+    "prompt_embed_dim": 32,
+    "mask_in_chans": 8,
+    "decoder_depth": 1,
+    "decoder_mlp_dim": 64,
+    "decoder_num_heads": 2,
+    "iou_head_hidden_dim": 32,
+}
+TINY_RESNET = [1, 1, 1, 1]
+
+
+def write_voc(root: Path, source: Path) -> None:
+    """A VOC2012 tree (JPEGImages, palette SegmentationClass, ImageSets/Segmentation) from generated images."""
+    for folder in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets"):
+        shutil.copytree(source / folder, root / folder)
+
+
+def write_coco(root: Path, source: Path) -> None:
+    """A COCO 2014 tree in the WSSS layout: JPEGImages/{split}2014, class-index PNGs, {split}.txt lists."""
+    for split in ("train", "val"):
+        ids = (source / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        lines = []
+        for number, image_id in enumerate(ids):
+            coco_id = f"COCO_{split}2014_{number:012d}"
+            (root / "JPEGImages" / f"{split}2014").mkdir(parents=True, exist_ok=True)
+            (root / "SegmentationClass" / f"{split}2014").mkdir(parents=True, exist_ok=True)
+            shutil.copy(
+                source / "JPEGImages" / f"{image_id}.jpg", root / "JPEGImages" / f"{split}2014" / f"{coco_id}.jpg"
+            )
+            labels = np.asarray(Image.open(source / "SegmentationClass" / f"{image_id}.png"))
+            Image.fromarray(labels.astype(np.uint8)).save(
+                root / "SegmentationClass" / f"{split}2014" / f"{coco_id}.png"
+            )
+            lines.append(coco_id)
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_checkpoints(folder: Path) -> dict[str, str]:
+    """Tiny models saved as the published files are: OpenAI's CLIP state dict (half precision, with its metadata
+    entries), SAM's state dict .pth, torchvision's ResNet state dict. Returns file name -> sha256."""
+    from wsss_core.models.compat import ensure_torchvision
+
+    ensure_torchvision()  # before open_clip, segment-anything and torchvision are imported (see models/compat.py)
+    from open_clip import CLIP
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from wsss_core.models.sam import build_sam_from_config
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    clip = CLIP(**TINY_CLIP_CFG, quick_gelu=True)
+    state = {key: value.half() for key, value in clip.state_dict().items()}
+    state.update(input_resolution=torch.tensor(64), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    torch.save(state, folder / "ViT-B-16.pt")
+    torch.save(build_sam_from_config(**TINY_SAM, seed=0, device="cpu").sam.state_dict(), folder / "sam_tiny.pth")
+    torch.save(ResNet(Bottleneck, TINY_RESNET).state_dict(), folder / "resnet_tiny.pth")
+    return {path.name: sha256_file(path) for path in folder.iterdir()}
+
+
+def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
+    """The preset with tiny models and schedules; every stage, path and method setting otherwise as the preset's."""
+    clip = params["models"]["clip"]
+    clip.update(model_cfg=TINY_CLIP_CFG, sha256=hashes["ViT-B-16.pt"])  # the file keeps its official name
+    for section in ("cams", "learn", "sam_masks", "retrain"):
+        params[section]["device"] = "cpu"
+    for run in params["cams"]["runs"].values():
+        run["caa_layers"] = 2
+    for run in params["sam_masks"]["runs"].values():
+        run["sam"].update(
+            model_type="custom",
+            model_cfg=TINY_SAM,
+            checkpoint="checkpoints/sam_tiny.pth",
+            sha256=hashes["sam_tiny.pth"],
+            points_per_side=4,
+            crop_n_layers=0,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
+            min_mask_region_area=4,
+        )
+    learn = params["learn"]
+    learn.update(workers=0, checkpoint_every=2)
+    learn["training"].update(batch_size=2, warmup_iterations=1)
+    learn["training"]["augment"].update(long_side=[48, 64], min_short_side=32, crop=32)
+    for run in learn["runs"].values():
+        run.update(n_ctx=2, iterations=2, stop_after=None)
+    retrain = params["retrain"]
+    retrain["schedule"].update(iterations=2, batch_size=2, crop_size=48, checkpoint_every=2, warmup_iterations=1)
+    retrain["weclip_head"].update(embedding_dim=32, heads=4)
+    retrain["deeplabv3plus"].update(
+        blocks=TINY_RESNET, output_stride=16, checkpoint="checkpoints/resnet_tiny.pth", sha256=hashes["resnet_tiny.pth"]
+    )
+    return params
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    return generate_synthetic(
+        tmp_path_factory.mktemp("source") / "syn", n_train=4, n_val=2, image_size=(64, 64), seed=3
+    )
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_runs_end_to_end_on_the_users_data_and_leaves_it_untouched(name, generated, tmp_path):
+    copy_pipeline(tmp_path)
+    params = preset_params(name)
+    dataset = tmp_path / params["dataset"]["root"]
+    (write_voc if params["dataset"]["kind"] == "voc" else write_coco)(dataset, generated)
+    (dataset / "SENTINEL.txt").write_text("the user's own file")
+    before = sha256_path(dataset)
+    hashes = write_checkpoints(tmp_path / "checkpoints")
+    params = tiny_run(params, hashes)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert pipeline_problems(params, files=True, root=tmp_path) == []
+
+    run = stages_run(dvc(tmp_path, "repro"))
+    assert sorted(run) == sorted(stage.name for stage in pipeline_stages(params))
+    assert sha256_path(dataset) == before  # not one byte of the user's tree changed, nothing added to it
+    assert not (tmp_path / "data" / "demo").exists() and not (tmp_path / "artifacts" / "demo_clip").exists()
+    metrics = sorted(path.parent.name for path in (tmp_path / "metrics").glob("*/metrics.json"))
+    seeds = [*params["seeds"]["variants"], *params["seeds"]["sams"]["variants"]]
+    predictions = params["retrain"]["predict"]["variants"]
+    assert metrics == sorted([f"seeds_{v}" for v in seeds] + [f"predictions_{v}" for v in predictions])
+    assert stages_run(dvc(tmp_path, "repro")) == []

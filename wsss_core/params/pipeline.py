@@ -1,0 +1,179 @@
+"""The pipeline a params file describes, as dvc.yaml will run it: which stages exist (one per family entry), what
+each reads and writes, and the cross-key check that every artifact a stage reads is made by a stage of the same
+params, by the demo pipeline (demo/dvc.yaml), or is a file that exists.
+
+The stage names and paths here mirror dvc.yaml; tests/test_presets.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from wsss_core.params.spec import ParamsError
+
+INDEX = "artifacts/index"
+SEGMENTER = "artifacts/segmenter"
+# What demo/dvc.yaml makes: the root pipeline reaches it only through these paths in params.
+DEMO_OUTPUTS = {"data/demo": "demo/dvc.yaml:demo_data", "artifacts/demo_clip": "demo/dvc.yaml:demo_clip"}
+# Networks whose backbone is the frozen CLIP of models.clip.
+CLIP_NETWORKS = ("weclip_head",)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage as dvc.yaml names it ("cams@caa"): the paths it reads (keyed by the params key that names each),
+    the artifacts it writes, and the params key of the entry or section it comes from ("cams.runs.caa")."""
+
+    name: str
+    reads: dict[str, str] = field(default_factory=dict)
+    writes: tuple[str, ...] = ()
+    key: str = ""
+
+
+def _clip_read(params: dict[str, Any]) -> dict[str, str]:
+    checkpoint = params["models"]["clip"]["checkpoint"]
+    return {"models.clip.checkpoint": checkpoint}
+
+
+def pipeline_stages(params: dict[str, Any]) -> list[Stage]:
+    """Every stage a root `dvc repro` runs for `params` (validated), family by family in dvc.yaml's order."""
+    seeds, sams = params["seeds"]["variants"], params["seeds"]["sams"]["variants"]
+    stages = [Stage("prepare", {"dataset.root": params["dataset"]["root"]}, (INDEX,), "dataset")]
+    for name in params["sam_masks"]["runs"]:
+        stages.append(Stage(f"sam_masks@{name}", {}, (f"artifacts/masks_{name}",), f"sam_masks.runs.{name}"))
+    for name, run in params["learn"]["runs"].items():
+        reads = {f"learn.runs.{name}.reads": run["reads"], **_clip_read(params)}
+        stages.append(Stage(f"learn@{name}", reads, (f"artifacts/prompts_{name}",), f"learn.runs.{name}"))
+    for name, run in params["cams"]["runs"].items():
+        reads = {f"cams.runs.{name}.reads": run["reads"], **_clip_read(params)}
+        stages.append(Stage(f"cams@{name}", reads, (f"artifacts/cams_{name}.zarr",), f"cams.runs.{name}"))
+    for name, variant in seeds.items():
+        reads = {f"seeds.variants.{name}.cams": f"artifacts/{variant['cams']}.zarr"}
+        stages.append(Stage(f"seeds@{name}", reads, (f"artifacts/seeds_{name}.zarr",), f"seeds.variants.{name}"))
+    for name, variant in sams.items():
+        reads = {
+            f"seeds.sams.variants.{name}.cams": f"artifacts/{variant['cams']}.zarr",
+            f"seeds.sams.variants.{name}.masks": f"artifacts/masks_{variant['masks']}",
+        }
+        stages.append(
+            Stage(f"sams_seeds@{name}", reads, (f"artifacts/seeds_{name}.zarr",), f"seeds.sams.variants.{name}")
+        )
+    for family, key, variants in (
+        ("evaluate", "seeds.variants", seeds),
+        ("evaluate_sams", "seeds.sams.variants", sams),
+    ):
+        for name in variants:
+            stages.append(Stage(f"{family}@{name}", {}, (f"metrics/seeds_{name}",), f"{key}.{name}"))
+    retrain = params["retrain"]
+    clip = _clip_read(params) if retrain["network"] in CLIP_NETWORKS else {}
+    reads = {"retrain.seeds": f"artifacts/seeds_{retrain['seeds']}.zarr", **clip}
+    stages.append(Stage("retrain", reads, (SEGMENTER,), "retrain"))
+    for name, variant in retrain["predict"]["variants"].items():
+        key = f"retrain.predict.variants.{name}"
+        reads = {f"{key}.reads": variant["reads"], **clip}
+        stages.append(Stage(f"predict@{name}", reads, (f"artifacts/predictions_{name}.zarr",), key))
+    for name in retrain["predict"]["variants"]:
+        key = f"retrain.predict.variants.{name}"
+        stages.append(Stage(f"evaluate_predictions@{name}", {}, (f"metrics/predictions_{name}",), key))
+    return stages
+
+
+def _kind_problems(params: dict[str, Any]) -> list[str]:
+    """Reads whose kind is fixed by the entry's method, task or post-processing."""
+    from wsss_core.cam.methods import CAM_METHODS
+
+    problems = []
+
+    def expect(key: str, value: str, prefix: str, what: str) -> None:
+        if not (value == prefix if prefix == INDEX or prefix == SEGMENTER else value.startswith(prefix)):
+            problems.append(f"{key}: {value!r} is not {what}")
+
+    for name, run in params["learn"]["runs"].items():
+        key = f"learn.runs.{name}.reads"
+        if run["task"] == "classification":
+            expect(key, run["reads"], INDEX, f"{INDEX} (classification prompts read only the index)")
+        else:
+            expect(key, run["reads"], "artifacts/seeds_", "a seed artifact, artifacts/seeds_<variant>.zarr")
+    for name, run in params["cams"]["runs"].items():
+        key, method = f"cams.runs.{name}.reads", CAM_METHODS[run["method"]]
+        if method.READS is None:
+            expect(key, run["reads"], INDEX, f"{INDEX} ({run['method']} reads nothing else)")
+        else:
+            expect(key, run["reads"], f"artifacts/{method.READS}_", f"artifacts/{method.READS}_<run>")
+    for family in ("seeds.variants", "seeds.sams.variants"):
+        variants = params["seeds"]["variants"] if family == "seeds.variants" else params["seeds"]["sams"]["variants"]
+        for name, variant in variants.items():
+            expect(f"{family}.{name}.cams", variant["cams"], "cams_", "a CAM artifact, cams_<a key of cams.runs>")
+    for name, variant in params["retrain"]["predict"]["variants"].items():
+        key = f"retrain.predict.variants.{name}.reads"
+        if variant["postprocess"] == "sams":
+            expect(key, variant["reads"], "artifacts/masks_", "artifacts/masks_<a key of sam_masks.runs>")
+            run = params["sam_masks"]["runs"].get(variant["reads"].removeprefix("artifacts/masks_"))
+            if run is not None and not run["eval_split"]:
+                problems.append(f"{key}: {variant['reads']} has no eval-split masks (its eval_split is false)")
+        else:
+            expect(key, variant["reads"], SEGMENTER, f"{SEGMENTER} (postprocess {variant['postprocess']})")
+    return problems
+
+
+def _made_by(path: str, outputs: dict[str, str]) -> str | None:
+    """The stage whose output is `path` or a directory holding it."""
+    target = PurePosixPath(path)
+    for output, stage in outputs.items():
+        if target == PurePosixPath(output) or PurePosixPath(output) in target.parents:
+            return stage
+    return None
+
+
+def pipeline_problems(params: dict[str, Any], *, files: bool = True, root: Path = Path(".")) -> list[str]:
+    """Everything that keeps the params' pipeline from running, one message per problem naming the key.
+
+    With `files`, a read that no stage makes must be a file or folder that exists under `root` (the dataset, a
+    checkpoint); without, only reads of artifacts/ must be made by a stage (the check a stage runs on load).
+    """
+    stages = pipeline_stages(params)
+    writers: dict[str, Stage] = {}
+    problems = _kind_problems(params)
+    for stage in stages:
+        for path in stage.writes:
+            other = writers.get(path)
+            if other is not None:
+                problems.append(
+                    f"{stage.key}: its stage {stage.name} would write {path}, as {other.name} of {other.key} does; "
+                    "rename one of them"
+                )
+            writers[path] = stage
+    outputs = {path: stage.name for path, stage in writers.items()}
+    outputs.update(DEMO_OUTPUTS)
+    unmade: dict[tuple[str, str | None], list[str]] = {}  # (params key, path) -> the stages reading it
+    for stage in stages:
+        for key, path in stage.reads.items():
+            if path is None or not _made_by(path, outputs):
+                unmade.setdefault((key, path), []).append(stage.name)
+    for (key, path), readers in unmade.items():
+        by = f"stage{'s' if len(readers) > 1 else ''} {', '.join(readers)}"
+        if path is None:
+            if files:
+                problems.append(
+                    f"{key}: null, but {by} depend on that file (dvc.yaml tracks it); give the path of a local "
+                    "checkpoint (`wsss weights fetch` downloads the official ones)"
+                )
+        elif (root / f"{path}.dvc").is_file():
+            continue  # imported from another repository (`dvc import`): made elsewhere, tracked here
+        elif path.startswith("artifacts/"):
+            problems.append(
+                f"{key}: {path} is read by {by} but no stage of these params makes it (nor is it imported: "
+                f"no {path}.dvc)"
+            )
+        elif files and not (root / path).exists():
+            problems.append(f"{key}: {path} (read by {by}) does not exist")
+    return problems
+
+
+def check_pipeline(params: dict[str, Any], *, files: bool = True, root: Path = Path(".")) -> None:
+    """Raise ParamsError listing every problem of `pipeline_problems`."""
+    problems = pipeline_problems(params, files=files, root=root)
+    if problems:
+        raise ParamsError("; ".join(problems) if len(problems) == 1 else "\n  " + "\n  ".join(problems))
