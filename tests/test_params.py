@@ -140,8 +140,6 @@ def test_every_preset_writes_a_valid_complete_params_file(tmp_path, preset):
     params = load_params(out)
     overlay = yaml.safe_load(preset.read_text())
     assert params["dataset"]["kind"] == overlay["dataset"]["kind"]
-    for name, run in overlay["cams"]["runs"].items():
-        assert params["cams"]["runs"][name]["box_threshold"] == run["box_threshold"]
     _assert_given(overlay, params, preset.name)  # every value the preset sets, in every section
     for path in FAMILIES:  # each family holds exactly the preset's entries, none from the defaults
         assert sorted(_family(params, path)) == sorted(_family(overlay, path)), path
@@ -688,7 +686,7 @@ def test_params_check_accepts_every_preset_and_lists_its_stages(preset):
     assert result.exit_code == 0, result.output
     stages = _expected_stages(yaml.safe_load(preset.read_text()))
     assert f"{preset}: OK; dvc repro runs {', '.join(stages)}\n" in result.stdout
-    assert "retrain" in stages and len(stages) > 8
+    assert stages[0] == "prepare" and "retrain" in stages and any(stage.startswith("cams@") for stage in stages)
 
 
 def test_params_check_warns_about_inputs_not_on_disk(tmp_path, monkeypatch):

@@ -213,7 +213,7 @@ def caa_refine(
 
     For each map c: M_c = box_mask(box_source_c, box_threshold); refined_c = (T * M_c[columns]) @ vec(cam_c),
     i.e. T @ (M_c * cam_c), then min-max per map when `normalize` (CLIP-ES). Column masking after the matrix
-    power follows the CLIP-ES and FMA-WSSS code (METHODS.md: "mask the columns of T").
+    power follows the CLIP-ES and FMA-WSSS code (their CAA masks the columns of T).
 
     CLIP-ES: box from and applied to the min-maxed CAM, threshold 0.4 VOC / 0.7 COCO. FMA-WSSS's seg variant
     applies it to the raw CAM (`cams`) with boxes from the normalised score (`box_source`), threshold 0.5, and

@@ -1,6 +1,6 @@
 """Prompt learning for FMA-WSSS's two tasks on a frozen CLIP: the loss of a batch, the training loop, the stage.
 
-Reference settings (METHODS.md, FMA-WSSS): SGD lr 1e-3, momentum 0.9, weight decay 5e-4, batch 16; 500 warm-up
+Reference settings (docs/methods.md, FMA-WSSS): SGD lr 1e-3, momentum 0.9, weight decay 5e-4, batch 16; 500 warm-up
 iterations at a constant 1e-5, then cosine annealing from 1e-3 to 0 over the remaining iterations; AMP (fp16
 autocast with gradient scaling) on CUDA. Classification: 1,800 iterations of the multi-label contrastive loss.
 Segmentation: 17,000 iterations of the CAM activation loss against the coarse seeds.

@@ -97,7 +97,7 @@ def crf_seeds(
 
     Like CLIP-ES, the CRF input is the plain stack [bg_score, cams...], not renormalised to sum to 1.
     Deviation: CLIP-ES passes the BGR image minus the Caffe mean cast to uint8 (negative values wrap around);
-    here the CRF sees the uint8 RGB image, as METHODS.md states.
+    here the CRF sees the uint8 RGB image, the colours its bilateral kernel (srgb 3) is meant to compare.
     """
     cams = np.asarray(cams)
     if cams.ndim != 3:

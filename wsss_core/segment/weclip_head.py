@@ -71,7 +71,7 @@ class WeClipSegmenter(nn.Module):
 
     Images of any size work: they are padded on the bottom/right to multiples of CLIP's patch size and the logits
     cropped back. `feature_layers` is how many of CLIP's last blocks feed the head (None: all of them, 12 for
-    ViT-B/16 as ExCEL and METHODS.md state; the original WeCLIP code used 11).
+    ViT-B/16, as ExCEL feeds its head; the original WeCLIP code used 11).
     """
 
     def __init__(

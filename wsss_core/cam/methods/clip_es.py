@@ -1,7 +1,7 @@
 """CLIP-ES (Lin et al., CVPR 2023): training-free Softmax-GradCAM on a frozen CLIP, refined by CAA.
 
 A run stores the raw Grad-CAM (`refine: none`) or its CAA refinement (`refine: caa`); the reference's defaults are
-the ones below (METHODS.md: single scale, no flip, 8 CAA layers, 3 Sinkhorn rounds, t = 2, box threshold 0.4 VOC /
+the ones below (docs/methods.md: single scale, no flip, 8 CAA layers, 3 Sinkhorn rounds, t = 2, box threshold 0.4 VOC /
 0.7 COCO, CLIP run in half precision).
 """
 
