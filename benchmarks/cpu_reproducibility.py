@@ -6,7 +6,7 @@ same invocation. A setting that changes the hash is one that differs between mac
 MKL code path, oneDNN ISA, core count). Under wsss_core.pinned_cpu's settings the hash must not move, whatever else
 of the host is varied.
 
-    .venv/bin/python benchmarks/cpu_reproducibility.py [--steps 40] [--repeats 3]
+    .venv/bin/python benchmarks/cpu_reproducibility.py [--steps 60] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def run(params: Path, out: Path, extra: dict[str, str], pinned: bool) -> tuple[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting (median reported)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

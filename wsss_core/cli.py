@@ -142,5 +142,19 @@ def dataset_check(
     print(f"{kind} {root} split {split}: {len(dataset)} images, {dataset.num_classes - 1} classes, OK")
 
 
+@app.command("demo-spread")
+def demo_spread(
+    seeds: list[int] = typer.Option([0, 1, 2], "--seed", help="demo.clip.seed values, one full dvc repro each"),
+    jobs: int = typer.Option(1, min=1, help="runs at a time"),
+    out_dir: Path = typer.Option(Path("reports"), help="where demo_spread.md and demo_spread.json are written"),
+) -> None:
+    """Run the demo pipeline once per pretraining seed (each in a git worktree of HEAD, with this params.yaml) and
+    write how far every evaluated mIoU moves: the noise a difference between two demo rows must exceed."""
+    from wsss_core.demo.spread import measure_spread, spread_markdown
+
+    figures = measure_spread(Path.cwd(), sorted(set(seeds)), out_dir, jobs)
+    print(spread_markdown(figures))
+
+
 if __name__ == "__main__":
     app()
