@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -86,15 +86,13 @@ def spread_markdown(results: dict[int, dict[str, float]]) -> str:
 
 def measure_spread(repo: Path, seeds: list[int], out_dir: Path, jobs: int = 1) -> dict[int, dict[str, float]]:
     """Run the pipeline once per seed (`jobs` at a time) and write `out_dir/demo_spread.{md,json}`."""
-    work = repo / ".wsss_scratch" / "demo_spread"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        figures = dict(zip(seeds, pool.map(lambda seed: run_with_seed(repo, seed, work), seeds), strict=True))
+    # Outside the repository: DVC would read a worktree's dvc.yaml files as stages of this one.
+    with tempfile.TemporaryDirectory(prefix="wsss_demo_spread_") as work, ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = pool.map(lambda seed: run_with_seed(repo, seed, Path(work)), seeds)
+        figures = dict(zip(seeds, runs, strict=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(out_dir / "demo_spread.md", "w") as handle:
         handle.write(spread_markdown(figures))
     with atomic_file(out_dir / "demo_spread.json", "w") as handle:
         handle.write(json.dumps({"seeds": seeds, "rows": spread_rows(figures)}, indent=1, sort_keys=True) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
     return figures
