@@ -20,6 +20,10 @@ def main(
     device: str = typer.Option(None, help="overrides demo.clip.device (auto: CUDA when present)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
+        if params["demo"]["clip"]["pinned_cpu"]:
+            from wsss_core.pinned_cpu import pin_cpu
+
+            pin_cpu()  # before torch loads
         from wsss_core.demo.pretrain import pretrain_demo_clip
 
         settings = params["demo"]["clip"]

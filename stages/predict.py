@@ -23,6 +23,10 @@ def main(
     device: str = typer.Option(None, help="overrides retrain.device (auto: CUDA when present)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
+        if params["retrain"]["pinned_cpu"]:
+            from wsss_core.pinned_cpu import pin_cpu
+
+            pin_cpu()  # before torch loads
         from wsss_core.drivers.predict import write_predictions
 
         if device is not None:

@@ -35,6 +35,7 @@ def small_params() -> dict:
     params["demo"]["clip"].update(
         {
             "device": "cpu",
+            "pinned_cpu": False,  # stages run inside the test process, where torch is already loaded
             "scenes": 12,
             "closeups": 6,
             "steps": 3,
@@ -56,7 +57,7 @@ def small_params() -> dict:
         run.update({"n_ctx": 4, "iterations": 4})
     # retraining: a few updates of a narrow WeCLIP head on 48x48 crops
     retrain = params["retrain"]
-    retrain["device"] = "cpu"
+    retrain.update(device="cpu", pinned_cpu=False)
     retrain["schedule"].update(
         {"iterations": 4, "batch_size": 2, "crop_size": 48, "checkpoint_every": 2, "warmup_iterations": 2}
     )

@@ -1,4 +1,4 @@
-"""The pinned-CPU launcher runs a script as `python SCRIPT` would, with the pinned variables set before it starts."""
+"""Pinning the CPU's code paths reaches torch's libraries, and is refused once torch has loaded."""
 
 from __future__ import annotations
 
@@ -6,30 +6,29 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
-from wsss_core.pinned_cpu import PINNED_CPU_ENV
+from wsss_core.pinned_cpu import pin_cpu
+
+SHOW = """
+import json, os
+from wsss_core.pinned_cpu import pin_cpu
+pin_cpu()
+import torch
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                  "mkl": os.environ["MKL_CBWR"]}))
+"""
 
 
-def test_the_script_runs_as_main_with_its_arguments_and_the_pinned_environment(tmp_path):
-    (tmp_path / "helper.py").write_text("VALUE = 'found beside the script'\n")
-    script = tmp_path / "show.py"
-    script.write_text(
-        "import json, os, sys\n"
-        "import helper\n"
-        "names = " + repr(sorted(PINNED_CPU_ENV)) + "\n"
-        "if __name__ == '__main__':\n"
-        "    env = {n: os.environ.get(n) for n in names}\n"
-        "    print(json.dumps({'argv': sys.argv, 'env': env, 'helper': helper.VALUE}))\n"
-    )
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "16", "ATEN_CPU_CAPABILITY": "avx512"}  # the host's own
-    result = subprocess.run(
-        [sys.executable, "-m", "wsss_core.pinned_cpu", str(script), "--flag", "x"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    shown = json.loads(result.stdout)
-    assert shown == {"argv": [str(script), "--flag", "x"], "env": PINNED_CPU_ENV, "helper": "found beside the script"}
+def test_torch_runs_the_pinned_kernels_and_threads_whatever_the_host_asks_for():
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "7", "ATEN_CPU_CAPABILITY": "default"}  # the host's own
+    result = subprocess.run([sys.executable, "-c", SHOW], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout) == {"capability": "AVX2", "threads": 2, "mkl": "AVX2,STRICT"}
 
 
-def test_without_a_script_it_says_how_to_use_it():
-    result = subprocess.run([sys.executable, "-m", "wsss_core.pinned_cpu"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0 and "usage: python -m wsss_core.pinned_cpu SCRIPT" in result.stderr
+def test_pinning_after_torch_loaded_is_refused():
+    import torch  # noqa: F401 - loaded, as in every test process
+
+    with pytest.raises(RuntimeError, match="before torch is imported"):
+        pin_cpu()

@@ -1,20 +1,19 @@
-"""Run a stage with the CPU's floating-point code paths pinned, so that its bits do not depend on the machine.
+"""Pin the CPU's floating-point code paths, so that a CPU run's bits do not depend on the machine.
 
 A CPU run's float results depend on which kernels the libraries pick for the host: ATen's vectorised kernels
 (AVX-512 or AVX2), MKL's GEMM code path, oneDNN's JIT ISA, and the number of threads a reduction is split over.
 Each one changes the last bits of a training step (benchmarks/cpu_reproducibility.py measures them one by one), and
-3,000 steps of the demo CLIP's pretraining amplify that into points of mIoU between two machines. Pinned, every
-x86-64 CPU with AVX2 (Intel since 2013, AMD since 2015) runs the same instructions in the same order.
+the demo's 3,000 pretraining steps, or its 300 retraining steps, amplify that into points of mIoU between two
+machines. Pinned, every x86-64 CPU with AVX2 (Intel since 2013, AMD since 2015) runs the same instructions in the
+same order. GPU work is untouched.
 
-    python -m wsss_core.pinned_cpu stages/demo_clip.py --out-dir artifacts/demo_clip ...
-
-The variables must be set before torch (and its OpenMP runtime) loads, hence a launcher rather than a function.
+Stages call `pin_cpu()` when their params ask for it (demo.clip.pinned_cpu, retrain.pinned_cpu), before torch is
+imported: the libraries read these variables once, when they load.
 """
 
 from __future__ import annotations
 
 import os
-import runpy
 import sys
 
 PINNED_CPU_ENV = {
@@ -28,14 +27,8 @@ PINNED_CPU_ENV = {
 }
 
 
-def main(argv: list[str]) -> None:
-    if not argv:
-        raise SystemExit("usage: python -m wsss_core.pinned_cpu SCRIPT [ARGS...]")
+def pin_cpu() -> None:
+    """Set PINNED_CPU_ENV for this process; torch must not be imported yet (its libraries would ignore it)."""
+    if "torch" in sys.modules:
+        raise RuntimeError("pin_cpu() must run before torch is imported: its libraries read the settings on load")
     os.environ.update(PINNED_CPU_ENV)
-    sys.argv = argv
-    sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
-    runpy.run_path(argv[0], run_name="__main__")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

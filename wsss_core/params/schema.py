@@ -57,6 +57,14 @@ CRF_KERNELS: Schema = {
     "bilateral_compat": Spec(float, 4.0, "bilateral kernel weight", min=0.0),
 }
 
+# CPU runs that must give the same bits on every machine (the demo's training stages) pin the float code paths.
+PINNED_CPU = Spec(
+    bool,
+    False,
+    "pin the CPU's float code paths (wsss_core/pinned_cpu.py: AVX2 kernels, 2 threads) so that CPU runs give the same "
+    "bits on every x86-64 machine",
+)
+
 SEED_VARIANT: Schema = {
     "cams": Spec(str, None, "CAM artifact the seeds come from: cams_<a key of cams.runs>"),
     "background": Spec(
@@ -232,6 +240,7 @@ RETRAIN: Schema = {
         choices=("weclip_head", "deeplabv3plus", "weaktr"),
     ),
     "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N; for training and prediction"),
+    "pinned_cpu": PINNED_CPU,
     "amp": Spec(bool, True, "fp16 autocast (and loss scaling) on CUDA only"),
     "seed": Spec(int, 0, "seed of new layers, batch order, augmentation and dropout", min=0),
     "schedule": {
@@ -385,6 +394,7 @@ DEMO: Schema = {
     "clip": {
         "seed": Spec(int, 0, "seed of the initial weights and of every batch", min=0),
         "device": Spec(str, "auto", "training device: auto (CUDA when present), cpu, cuda, cuda:N"),
+        "pinned_cpu": PINNED_CPU,
         "scenes": Spec(int, 4000, "pretraining scenes rendered (a separate draw of the demo generator)", min=0),
         "closeups": Spec(int, 2000, "pretraining close-ups of single objects", min=0),
         "closeup_fraction": Spec(float, 0.5, "share of close-ups in each batch", min=0.0, max=1.0),
