@@ -45,10 +45,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--split", default="train")
     parser.add_argument("--images", type=int, default=30)
+    parser.add_argument("--run", default="caa", help="the cams.runs entry whose CAA settings are used")
     args = parser.parse_args()
 
     params = load_params(args.params)
-    cams = params["cams"]
+    cams = params["cams"]["runs"][args.run]
     clip = clip_from_params(params["models"]["clip"], "cpu")
     runner = VisualRunner(clip)
     layers, caa_layers, patch = runner.num_layers, cams["caa_layers"], clip.patch_size
