@@ -3,8 +3,8 @@
 Runs the demo_clip stage for a few steps (a small copy of params.yaml's demo.clip) once per setting, each in its own
 process, and prints the sha256 of the weights it wrote and the wall time, against the native run measured in the
 same invocation. A setting that changes the hash is one that differs between machines (the host's best ATen kernels,
-MKL code path, oneDNN ISA, core count). Under wsss_core.pinned_cpu's settings the hash must not move, whatever else
-of the host is varied.
+MKL code path, oneDNN ISA, core count). With demo.clip.pinned_cpu (wsss_core/pinned_cpu.py) the hash must not move,
+whatever else of the host is varied.
 
     .venv/bin/python benchmarks/cpu_reproducibility.py [--steps 60] [--repeats 3]
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,10 +44,10 @@ SETTINGS = [
 ]
 
 
-def run(params: Path, out: Path, extra: dict[str, str], pinned: bool) -> tuple[str, float]:
+def run(params: Path, out: Path, extra: dict[str, str]) -> tuple[str, float]:
+    shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, **extra}
-    launcher = [sys.executable, "-m", "wsss_core.pinned_cpu"] if pinned else [sys.executable]
-    command = [*launcher, "stages/demo_clip.py", "--params", str(params), "--out-dir", str(out)]
+    command = [sys.executable, "stages/demo_clip.py", "--params", str(params), "--out-dir", str(out)]
     command += ["--curve", str(out.with_suffix(".csv")), "--device", "cpu"]
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
@@ -63,10 +64,12 @@ def main() -> None:
         tmp = Path(tmp)
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["demo"]["clip"].update(steps=args.steps, scenes=200, closeups=100, checkpoint_every=10**6)
-        (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        for pinned in (False, True):  # demo.clip.pinned_cpu: the stage pins before torch loads
+            params["demo"]["clip"]["pinned_cpu"] = pinned
+            (tmp / f"params_{pinned}.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         results = {}
         for label, extra, pinned in SETTINGS:
-            runs = [run(tmp / "params.yaml", tmp / f"out{i}", extra, pinned) for i in range(args.repeats)]
+            runs = [run(tmp / f"params_{pinned}.yaml", tmp / f"out{i}", extra) for i in range(args.repeats)]
             hashes = {digest for digest, _ in runs}
             results[label] = (hashes, statistics.median(seconds for _, seconds in runs))
         native_hash, native_seconds = next(iter(results["native"][0])), results["native"][1]
