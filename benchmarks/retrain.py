@@ -143,7 +143,8 @@ def main() -> None:
 
     from wsss_core.models import resolve_device
     from wsss_core.params import load_params
-    from wsss_core.segment.networks import NEEDS_CLIP, NETWORKS, build_network
+    from wsss_core.params.pipeline import CLIP_NETWORKS
+    from wsss_core.segment.networks import NETWORKS, build_network
 
     params = load_params(args.params)
     device = resolve_device(args.device)
@@ -158,9 +159,9 @@ def main() -> None:
         settings = copy.deepcopy(params["retrain"])
         settings["network"] = name
         section = settings[name]
-        if name not in NEEDS_CLIP and section.get("checkpoint") is None:
+        if name not in CLIP_NETWORKS and section.get("checkpoint") is None:
             section["random_init"] = True  # same cost as ImageNet weights
-        if name in NEEDS_CLIP and clip is None:
+        if name in CLIP_NETWORKS and clip is None:
             clip = load_clip_for_benchmark(params["models"]["clip"], device)
         network = build_network(name, section, num_classes, clip=clip, device=device)
         data = random_data(max(8, settings["schedule"]["batch_size"]), size, num_classes)

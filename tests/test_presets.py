@@ -16,6 +16,8 @@ from PIL import Image
 
 from tests.conftest import ROOT, TINY_CLIP_CFG
 from tests.test_dvc_pipeline import copy_pipeline, dvc, stages_run
+from tests.test_models_sam import TINY
+from tests.test_segment_networks import TINY_RESNET
 from wsss_core.data import generate_synthetic
 from wsss_core.hashing import sha256_file, sha256_path
 from wsss_core.params import apply_preset, load_params
@@ -76,22 +78,7 @@ def test_a_root_repro_runs_exactly_the_methods_stages(name, tmp_path):
 
 # ---------------------------------------------------------------------------------------- a user's data, end to end
 
-TINY_SAM = {
-    "encoder_embed_dim": 32,
-    "encoder_depth": 2,
-    "encoder_num_heads": 2,
-    "encoder_global_attn_indexes": [1],
-    "image_size": 64,
-    "vit_patch_size": 16,
-    "window_size": 2,
-    "prompt_embed_dim": 32,
-    "mask_in_chans": 8,
-    "decoder_depth": 1,
-    "decoder_mlp_dim": 64,
-    "decoder_num_heads": 2,
-    "iou_head_hidden_dim": 32,
-}
-TINY_RESNET = [1, 1, 1, 1]
+TINY_SAM = {**TINY, "encoder_global_attn_indexes": [1]}  # a list: params are YAML
 
 
 def write_voc(root: Path, source: Path) -> None:

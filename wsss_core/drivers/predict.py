@@ -34,7 +34,8 @@ def load_segmenter(segmenter_dir: Path, clip_params: dict[str, Any], device: tor
 
     from wsss_core.drivers.retrain import WEIGHTS_FILE
     from wsss_core.models.loading import clip_from_params
-    from wsss_core.segment.networks import NEEDS_CLIP, build_network
+    from wsss_core.params.pipeline import CLIP_NETWORKS
+    from wsss_core.segment.networks import build_network
 
     provenance = read_provenance(segmenter_dir)
     if provenance.get("stage") != "retrain":
@@ -43,7 +44,7 @@ def load_segmenter(segmenter_dir: Path, clip_params: dict[str, Any], device: tor
     name = details["network"]
     settings = provenance["params"]["retrain"]
     clip = None
-    if name in NEEDS_CLIP:
+    if name in CLIP_NETWORKS:
         clip = clip_from_params(clip_params, device)
         recorded = provenance["checkpoints"].get("clip")
         if recorded != canonical(clip.provenance):

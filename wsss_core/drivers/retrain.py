@@ -56,12 +56,6 @@ class SeedTrainingData:
         return image, labels
 
 
-def seed_variant_names(params: dict[str, Any]) -> list[str]:
-    """Every seed artifact name the pipeline defines: seeds.variants and the SAMS variants seeds.sams.variants."""
-    seeds = params["seeds"]
-    return [*seeds["variants"], *seeds.get("sams", {}).get("variants", {})]
-
-
 def training_params(settings: dict[str, Any]) -> dict[str, Any]:
     """The part of `retrain` that determines the trained weights: shared keys and the chosen network's section."""
     chosen = {key: settings[key] for key in TRAINING_KEYS}
@@ -95,13 +89,13 @@ def retrain(
     from wsss_core.drivers.evaluate import index_of_artifact
     from wsss_core.models import resolve_device
     from wsss_core.models.loading import clip_from_params
-    from wsss_core.segment.networks import NEEDS_CLIP, build_network
+    from wsss_core.params.pipeline import CLIP_NETWORKS
+    from wsss_core.segment.networks import build_network
     from wsss_core.segment.train import OptimizerSettings, TrainSettings, train
 
-    settings = params["retrain"]
-    variants = seed_variant_names(params)
-    if settings["seeds"] not in variants:
-        raise ParamsError(f"retrain.seeds: {settings['seeds']!r} is not a seed variant; defined: {', '.join(variants)}")
+    settings = params[
+        "retrain"
+    ]  # retrain.seeds names a seed stage of these params: checked on load (params/pipeline.py)
     name = settings["network"]
     network_settings = settings[name]
     schedule = settings["schedule"]
@@ -118,7 +112,7 @@ def retrain(
 
     device = resolve_device(settings["device"])
     clip_params = params["models"]["clip"]
-    clip = clip_from_params(clip_params, device) if name in NEEDS_CLIP else None
+    clip = clip_from_params(clip_params, device) if name in CLIP_NETWORKS else None
     network = build_network(
         name, network_settings, len(dataset.class_names), clip=clip, device=device, seed=settings["seed"]
     )

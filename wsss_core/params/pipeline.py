@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from wsss_core.cam.methods.common import INDEX
 from wsss_core.params.spec import ParamsError
 
-INDEX = "artifacts/index"
 SEGMENTER = "artifacts/segmenter"
 # What demo/dvc.yaml makes: the root pipeline reaches it only through these paths in params.
 DEMO_OUTPUTS = {"data/demo": "demo/dvc.yaml:demo_data", "artifacts/demo_clip": "demo/dvc.yaml:demo_clip"}
-# Networks whose backbone is the frozen CLIP of models.clip.
+# Networks whose backbone is the frozen CLIP of models.clip (the retrain and predict drivers load it for these).
 CLIP_NETWORKS = ("weclip_head",)
 
 
@@ -86,8 +86,8 @@ def _kind_problems(params: dict[str, Any]) -> list[str]:
 
     problems = []
 
-    def expect(key: str, value: str, prefix: str, what: str) -> None:
-        if not (value == prefix if prefix == INDEX or prefix == SEGMENTER else value.startswith(prefix)):
+    def expect(key: str, value: str, wanted: str, what: str, *, prefix: bool = False) -> None:
+        if not (value.startswith(wanted) if prefix else value == wanted):
             problems.append(f"{key}: {value!r} is not {what}")
 
     for name, run in params["learn"]["runs"].items():
@@ -95,21 +95,24 @@ def _kind_problems(params: dict[str, Any]) -> list[str]:
         if run["task"] == "classification":
             expect(key, run["reads"], INDEX, f"{INDEX} (classification prompts read only the index)")
         else:
-            expect(key, run["reads"], "artifacts/seeds_", "a seed artifact, artifacts/seeds_<variant>.zarr")
+            expect(
+                key, run["reads"], "artifacts/seeds_", "a seed artifact, artifacts/seeds_<variant>.zarr", prefix=True
+            )
     for name, run in params["cams"]["runs"].items():
         key, method = f"cams.runs.{name}.reads", CAM_METHODS[run["method"]]
         if method.READS is None:
             expect(key, run["reads"], INDEX, f"{INDEX} ({run['method']} reads nothing else)")
         else:
-            expect(key, run["reads"], f"artifacts/{method.READS}_", f"artifacts/{method.READS}_<run>")
-    for family in ("seeds.variants", "seeds.sams.variants"):
-        variants = params["seeds"]["variants"] if family == "seeds.variants" else params["seeds"]["sams"]["variants"]
+            expect(key, run["reads"], f"artifacts/{method.READS}_", f"artifacts/{method.READS}_<run>", prefix=True)
+    seeds = params["seeds"]
+    for family, variants in (("seeds.variants", seeds["variants"]), ("seeds.sams.variants", seeds["sams"]["variants"])):
         for name, variant in variants.items():
-            expect(f"{family}.{name}.cams", variant["cams"], "cams_", "a CAM artifact, cams_<a key of cams.runs>")
+            cams = "a CAM artifact, cams_<a key of cams.runs>"
+            expect(f"{family}.{name}.cams", variant["cams"], "cams_", cams, prefix=True)
     for name, variant in params["retrain"]["predict"]["variants"].items():
         key = f"retrain.predict.variants.{name}.reads"
         if variant["postprocess"] == "sams":
-            expect(key, variant["reads"], "artifacts/masks_", "artifacts/masks_<a key of sam_masks.runs>")
+            expect(key, variant["reads"], "artifacts/masks_", "artifacts/masks_<a key of sam_masks.runs>", prefix=True)
             run = params["sam_masks"]["runs"].get(variant["reads"].removeprefix("artifacts/masks_"))
             if run is not None and not run["eval_split"]:
                 problems.append(f"{key}: {variant['reads']} has no eval-split masks (its eval_split is false)")

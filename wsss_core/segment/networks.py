@@ -111,7 +111,6 @@ NETWORKS: dict[str, Callable[..., Network]] = {
     "deeplabv3plus": _build_deeplabv3plus,
     "weaktr": _build_weaktr,
 }
-NEEDS_CLIP = ("weclip_head",)
 
 
 def build_network(

@@ -45,27 +45,15 @@ SETTINGS: Schema = {
     "amp": Spec(bool, True, "fp16 autocast on CUDA (the reference ran CLIP in half precision)"),
 }
 
-# Keys of a run that are ClipEsSettings fields (the rest choose words, template and output).
-_KERNEL_KEYS = (
-    "flip",
-    "caa_layers",
-    "sinkhorn_rounds",
-    "affinity_power",
-    "affinity_source",
-    "feature_power",
-    "box_threshold",
-    "reference_quirks",
-    "gradcam_normalization",
-    "fp16_positional_embedding",
-    "amp",
-)
-
 
 def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGenerator:
+    from dataclasses import fields
+
     from wsss_core.cam.clip_es import ClipEs, ClipEsSettings
     from wsss_core.prompts.vocabulary import background_vocabulary, class_words, prompts_for
 
-    settings = ClipEsSettings(scales=tuple(run["scales"]), **{key: run[key] for key in _KERNEL_KEYS})
+    kernel = {field.name: run[field.name] for field in fields(ClipEsSettings) if field.name in run}
+    settings = ClipEsSettings(**{**kernel, "scales": tuple(run["scales"])})
     generator = ClipEs(
         clip,
         prompts_for(class_words(run["class_names"], class_names, "cams.class_names"), run["template"]),

@@ -28,10 +28,10 @@ SETTINGS: Schema = {
     ),
 }
 
-_KERNEL_KEYS = (*caa_settings(sinkhorn_rounds=1, box_threshold=0.4), "refine", "reference_quirks")
-
 
 def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGenerator:
+    from dataclasses import fields
+
     from wsss_core.cam.learned import LearnedCamSettings, LearnedPromptCams
     from wsss_core.prompts.fma import load_prompts
     from wsss_core.store.table import ArtifactError
@@ -42,7 +42,8 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
         raise ArtifactError(
             f"{prompts_dir}: prompts name {prompts.num_foreground} classes, the dataset has {len(class_names) - 1}"
         )
-    generator = LearnedPromptCams(clip, prompts, LearnedCamSettings(**{key: run[key] for key in _KERNEL_KEYS}))
+    kernel = {field.name: run[field.name] for field in fields(LearnedCamSettings)}  # every field is a run setting
+    generator = LearnedPromptCams(clip, prompts, LearnedCamSettings(**kernel))
 
     def cams(image, class_ids):
         result = generator(image, class_ids)
