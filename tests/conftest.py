@@ -45,6 +45,9 @@ def small_params() -> dict:
             "model_cfg": TINY_DEMO_CLIP_CFG,
         }
     )
+    params["describe"]["device"] = "cpu"
+    for run in params["describe"]["runs"].values():  # shipped descriptions files, read where the repository has them
+        run["reads"] = str(ROOT / run["reads"]) if run["source"] == "file" else run["reads"]
     params["cams"]["device"] = "cpu"
     for run in params["cams"]["runs"].values():
         run["caa_layers"] = 2

@@ -3,6 +3,8 @@ being registered. What a method reads besides the index is made here by the stag
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -14,10 +16,34 @@ from wsss_core.params import ParamsError, validate_section
 from wsss_core.params.schema import CAMS
 from wsss_core.store import DenseMaps
 
-# READS kind -> (the artifact a run of that kind reads, the stage and argument that make it)
+
+def _attribute_bank() -> None:
+    """ExCEL's attribute bank, written as a describe run writes it (bank.zarr) and marked imported (`dvc import`
+    leaves a .dvc file) so that the params check accepts a cams run reading it without a describe run."""
+    from tests.test_excel_cam import random_bank, write_bank
+    from wsss_core.data.index import read_index
+
+    num_classes = len(read_index(Path("artifacts/index/train.parquet")).class_names) - 1
+    write_bank(Path("artifacts/descriptions_probe"), *random_bank(num_classes))
+    Path("artifacts/descriptions_probe.dvc").write_text("# stands for `dvc import` of an attribute bank\n")
+
+
+def _adapter() -> None:
+    """ExCEL's adapter, trained by the adapt stage (a few iterations on small crops) on the attribute bank above."""
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    run = {"method": "excel", "reads": "artifacts/descriptions_probe", "svc_layers": 2, "caa_layers": 2}
+    run.update(iterations=2, batch_size=2, crop_size=32, warmup_iterations=1, embedding_dim=32, heads=4)
+    params["adapt"] = {"device": "cpu", "runs": {"probe": {**run, "dynamic_from": 1, "par_iterations": 2}}}
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_ok("adapt", "probe")
+
+
+# READS kind -> (the artifact a run of that kind reads, the stage and argument that make it, or a function)
 READ_ARTIFACTS = {
     None: ("artifacts/index", None),
     "prompts": ("artifacts/prompts_classification", ("learn", "classification")),
+    "descriptions": ("artifacts/descriptions_probe", _attribute_bank),
+    "adapter": ("artifacts/adapter_probe", _adapter),
 }
 
 
@@ -30,7 +56,9 @@ def indexed(tmp_path_factory):
         run_ok("demo_data")
         run_ok("prepare")
         for _, maker in READ_ARTIFACTS.values():
-            if maker:
+            if callable(maker):
+                maker()
+            elif maker:
                 run_ok(*maker)
     return root
 
@@ -57,8 +85,9 @@ def test_every_method_writes_a_cam_artifact(method, resolution, indexed, monkeyp
     params = yaml.safe_load((indexed / "params.yaml").read_text())
     reads, _ = READ_ARTIFACTS[CAM_METHODS[method].READS]
     run = {"method": method, "reads": reads, "store_resolution": resolution}
-    if "caa_layers" in CAM_METHODS[method].SETTINGS:
-        run["caa_layers"] = 2  # the tiny CLIP has 3 blocks
+    for key in ("caa_layers", "svc_layers"):
+        if key in CAM_METHODS[method].SETTINGS:
+            run[key] = 2  # the tiny CLIP has 3 blocks
     params["cams"]["runs"]["probe"] = run
     (indexed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_ok("cams", "probe", "--out", f"artifacts/cams_probe_{method}_{resolution}.zarr")

@@ -35,7 +35,7 @@ def copy_pipeline(project: Path) -> None:
     for name in ("dvc.yaml", ".dvcignore", "demo/dvc.yaml"):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, project / name)
-    for folder in ("stages", "wsss_core"):
+    for folder in ("stages", "wsss_core", "data/descriptions"):
         shutil.copytree(ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     dvc(project, "init", "-q")
@@ -55,6 +55,8 @@ def demo_clip_params(params: dict) -> dict:
     )
     for run in params["cams"]["runs"].values():
         run["caa_layers"] = 1  # the tiny demo CLIP has one block
+        if "svc_layers" in run:
+            run["svc_layers"] = 1
     return params
 
 
@@ -62,7 +64,8 @@ def demo_clip_params(params: dict) -> dict:
 def dvc_project(tmp_path) -> Path:
     copy_pipeline(tmp_path)
     params = demo_clip_params(small_params())
-    params["seeds"]["variants"] = {"cam": params["seeds"]["variants"]["cam"], "crf": params["seeds"]["variants"]["crf"]}
+    params["seeds"]["variants"] = {name: params["seeds"]["variants"][name] for name in ("cam", "crf", "excel")}
+    params["describe"]["runs"]["synthetic"]["reads"] = "data/descriptions/synthetic.yaml"  # copied with the code
     params["retrain"]["seeds"] = "cam"  # retrain from the other variant than the one the test changes below
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
@@ -81,7 +84,9 @@ def test_repro_is_incremental(dvc_project):
     fma += ["learn@segmentation", "cams@fine", "sams_seeds@fine", "evaluate_sams@fine"]
     retrain = ["retrain"] + [f"{stage}@{name}" for stage in ("predict", "evaluate_predictions") for name in PREDICTIONS]
     cams = ["cams@raw", "cams@caa"]
-    assert sorted(first) == sorted([*demo, "prepare", *cams, *seeds_and_metrics, *sams, *fma, *retrain])
+    excel = ["describe@synthetic", "cams@excel", "seeds@excel", "evaluate@excel"]  # ExCEL, training-free
+    assert sorted(first) == sorted([*demo, "prepare", *cams, *seeds_and_metrics, *sams, *fma, *excel, *retrain])
+    assert first.index("describe@synthetic") < first.index("cams@excel")
     assert first.index("seeds@cam") < first.index("retrain") < first.index("predict@plain")
     assert first.index("sams_seeds@coarse") < first.index("learn@segmentation") < first.index("cams@fine")
     assert (dvc_project / "metrics" / "seeds_crf" / "metrics.json").is_file()

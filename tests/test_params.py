@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # The stage families (MapOf): one DVC stage per entry.
 FAMILIES = (
     ("sam_masks", "runs"),
+    ("describe", "runs"),
     ("learn", "runs"),
+    ("adapt", "runs"),
     ("cams", "runs"),
     ("seeds", "variants"),
     ("seeds", "sams", "variants"),
@@ -56,7 +59,9 @@ def test_shipped_params_describe_a_pipeline_whose_every_read_is_made(tmp_path):
 
     params = load_params(ROOT / "params.yaml")
     assert pipeline_problems(params, files=False) == []
-    # data/demo and the demo CLIP are made by demo/dvc.yaml, so no file needs to exist yet (tmp_path is empty)
+    # data/demo and the demo CLIP are made by demo/dvc.yaml, so no file needs to exist yet but the files the
+    # repository ships (the demo's class descriptions)
+    shutil.copytree(ROOT / "data" / "descriptions", tmp_path / "data" / "descriptions")
     assert pipeline_problems(params, files=True, root=tmp_path) == []
 
 
@@ -611,8 +616,8 @@ def test_checkpoints_and_data_must_exist_only_with_files(tmp_path):
     assert params["models"]["clip"]["checkpoint"] is None
     assert pipeline_problems(params, files=False) == []
     (problem,) = pipeline_problems(params, files=True, root=tmp_path)
-    assert problem.startswith("models.clip.checkpoint: null, but stages learn@classification, ")
-    assert "cams@raw" in problem and "retrain" in problem and "predict@sams" in problem
+    assert problem.startswith("models.clip.checkpoint: null, but stages describe@synthetic, learn@classification, ")
+    assert "cams@raw" in problem and "cams@excel" in problem and "retrain" in problem and "predict@sams" in problem
     # a network without CLIP: retraining and prediction do not read the CLIP checkpoint
     (problem,) = pipeline_problems(_validated(_set("retrain.network", "deeplabv3plus")), files=True, root=tmp_path)
     assert problem.startswith("models.clip.checkpoint: null") and "retrain" not in problem and "predict" not in problem
@@ -626,8 +631,9 @@ def test_checkpoints_and_data_must_exist_only_with_files(tmp_path):
     problems = pipeline_problems(params, files=True, root=tmp_path)
     assert problems == [
         "dataset.root: data/voc (read by stage prepare) does not exist",
-        "models.clip.checkpoint: checkpoints/clip.pt (read by stages learn@classification, learn@segmentation, "
-        "cams@raw, cams@caa, cams@coarse, cams@fine, retrain, predict@plain, predict@crf, predict@sams) does not exist",
+        "models.clip.checkpoint: checkpoints/clip.pt (read by stages describe@synthetic, learn@classification, "
+        "learn@segmentation, cams@raw, cams@caa, cams@excel, cams@coarse, cams@fine, retrain, predict@plain, "
+        "predict@crf, predict@sams) does not exist",
     ]
     (tmp_path / "data" / "voc").mkdir(parents=True)
     (tmp_path / "checkpoints").mkdir()
@@ -660,7 +666,9 @@ def _expected_stages(overlay: dict) -> list[str]:
     return [
         "prepare",
         *(f"sam_masks@{name}" for name in names("sam_masks", "runs")),
+        *(f"describe@{name}" for name in names("describe", "runs")),
         *(f"learn@{name}" for name in names("learn", "runs")),
+        *(f"adapt@{name}" for name in names("adapt", "runs")),
         *(f"cams@{name}" for name in names("cams", "runs")),
         *(f"seeds@{name}" for name in names("seeds", "variants")),
         *(f"sams_seeds@{name}" for name in names("seeds", "sams", "variants")),

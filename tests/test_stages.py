@@ -206,12 +206,16 @@ def test_bad_params_stop_every_stage_with_the_key(project):
 def test_unknown_seed_variant_is_named(project):
     result = invoke("seeds", "sams")
     assert result.exit_code == 1
-    assert "seeds.variants.sams: no such variant; defined: cam, caa, crf (sams is a SAMS variant: run " in result.output
+    assert (
+        "seeds.variants.sams: no such variant; defined: cam, caa, crf, excel (sams is a SAMS variant: run "
+        in result.output
+    )
     result = invoke("seeds", "nothing")
-    assert result.exit_code == 1 and result.output.strip().endswith("defined: cam, caa, crf")
+    assert result.exit_code == 1 and result.output.strip().endswith("defined: cam, caa, crf, excel")
     result = invoke("cams", "nothing")
     assert (
-        result.exit_code == 1 and "cams.runs.nothing: no such entry; defined: raw, caa, coarse, fine" in result.output
+        result.exit_code == 1
+        and "cams.runs.nothing: no such entry; defined: raw, caa, excel, coarse, fine" in result.output
     )
 
 

@@ -38,6 +38,11 @@ def load_segmenter(segmenter_dir: Path, clip_params: dict[str, Any], device: tor
     from wsss_core.segment.networks import build_network
 
     provenance = read_provenance(segmenter_dir)
+    if provenance.get("stage") == "adapt":  # an adapter artifact (ExCEL): its WeCLIP head is the segmenter
+        from wsss_core.adapter.artifact import load_segmenter as load_adapter_segmenter
+
+        clip = clip_from_params(clip_params, device)
+        return load_adapter_segmenter(segmenter_dir, clip, device), provenance
     if provenance.get("stage") != "retrain":
         raise ArtifactError(f"{segmenter_dir}: not a segmenter (written by stage {provenance.get('stage')!r})")
     details = provenance["details"]

@@ -43,9 +43,15 @@ def pipeline_stages(params: dict[str, Any]) -> list[Stage]:
     stages = [Stage("prepare", {"dataset.root": params["dataset"]["root"]}, (INDEX,), "dataset")]
     for name in params["sam_masks"]["runs"]:
         stages.append(Stage(f"sam_masks@{name}", {}, (f"artifacts/masks_{name}",), f"sam_masks.runs.{name}"))
+    for name, run in params["describe"]["runs"].items():
+        reads = {f"describe.runs.{name}.reads": run["reads"], **_clip_read(params)}
+        stages.append(Stage(f"describe@{name}", reads, (f"artifacts/descriptions_{name}",), f"describe.runs.{name}"))
     for name, run in params["learn"]["runs"].items():
         reads = {f"learn.runs.{name}.reads": run["reads"], **_clip_read(params)}
         stages.append(Stage(f"learn@{name}", reads, (f"artifacts/prompts_{name}",), f"learn.runs.{name}"))
+    for name, run in params["adapt"]["runs"].items():
+        reads = {f"adapt.runs.{name}.reads": run["reads"], **_clip_read(params)}
+        stages.append(Stage(f"adapt@{name}", reads, (f"artifacts/adapter_{name}",), f"adapt.runs.{name}"))
     for name, run in params["cams"]["runs"].items():
         reads = {f"cams.runs.{name}.reads": run["reads"], **_clip_read(params)}
         stages.append(Stage(f"cams@{name}", reads, (f"artifacts/cams_{name}.zarr",), f"cams.runs.{name}"))
@@ -82,6 +88,7 @@ def pipeline_stages(params: dict[str, Any]) -> list[Stage]:
 
 def _kind_problems(params: dict[str, Any]) -> list[str]:
     """Reads whose kind is fixed by the entry's method, task or post-processing."""
+    from wsss_core.adapter import ADAPT_METHODS
     from wsss_core.cam.methods import CAM_METHODS
 
     problems = []
@@ -90,6 +97,12 @@ def _kind_problems(params: dict[str, Any]) -> list[str]:
         if not (value.startswith(wanted) if prefix else value == wanted):
             problems.append(f"{key}: {value!r} is not {what}")
 
+    for name, run in params["describe"]["runs"].items():
+        key = f"describe.runs.{name}.reads"
+        if run["source"] == "openai":
+            expect(key, run["reads"], INDEX, f"{INDEX} (an openai run reads only the class names of the index)")
+        elif not run["reads"].lower().endswith((".yaml", ".yml", ".json")):
+            problems.append(f"{key}: {run['reads']!r} is not a descriptions file (.yaml, .yml or .json)")
     for name, run in params["learn"]["runs"].items():
         key = f"learn.runs.{name}.reads"
         if run["task"] == "classification":
@@ -98,6 +111,9 @@ def _kind_problems(params: dict[str, Any]) -> list[str]:
             expect(
                 key, run["reads"], "artifacts/seeds_", "a seed artifact, artifacts/seeds_<variant>.zarr", prefix=True
             )
+    for name, run in params["adapt"]["runs"].items():
+        wanted = f"artifacts/{ADAPT_METHODS[run['method']].READS}_"
+        expect(f"adapt.runs.{name}.reads", run["reads"], wanted, f"{wanted}<run>", prefix=True)
     for name, run in params["cams"]["runs"].items():
         key, method = f"cams.runs.{name}.reads", CAM_METHODS[run["method"]]
         if method.READS is None:

@@ -5,6 +5,8 @@ DVC stage; CAM methods declare their own run settings (wsss_core/cam/methods).
 
 from __future__ import annotations
 
+from wsss_core.adapter import ADAPT_METHODS
+from wsss_core.adapter import RUN as ADAPT_RUN
 from wsss_core.cam.methods import CAM_METHODS
 from wsss_core.cam.methods.common import RUN as CAM_RUN
 from wsss_core.params.spec import MapOf, Schema, Spec
@@ -296,6 +298,68 @@ RETRAIN: Schema = {
 }
 
 
+# ExCEL's text semantic enrichment: n descriptions per class, prefixed, CLIP-encoded, clustered into an attribute bank.
+# The template is our own wording; like the paper's GPT-4 instruction, it asks for visual facts written as sentences
+# that read on after the prefix ("a clean origami aeroplane. it has wings that ...").
+DESCRIBE_PROMPT_TEMPLATE = (
+    'Give {n} different visual descriptions of the object class "{class_name}": its outline and shape, its parts, '
+    "its usual colours, size, materials and surface textures, and what sets it apart from other objects. Write each "
+    'as one short sentence that starts with "it" and reads on after "Here is a {class_name}." without naming the '
+    "class again. Answer with a numbered list of exactly {n} lines and nothing else."
+)
+
+DESCRIBE_OPENAI: Schema = {
+    "base_url": Spec(
+        str,
+        "https://api.openai.com/v1",
+        "chat-completions server: POST {base_url}/chat/completions (OpenAI, vLLM, llama.cpp, Ollama's /v1)",
+    ),
+    "model": Spec(str, None, "model name the server knows (required)", nullable=True),
+    "api_key_env": Spec(
+        str,
+        "OPENAI_API_KEY",
+        "NAME of the environment variable holding the API key (unset or null: no key, for local servers); the key "
+        "itself is never read from params nor written anywhere",
+        nullable=True,
+    ),
+    "temperature": Spec(float, 0.0, "sampling temperature", min=0.0, max=2.0),
+    "seed": Spec(int, 0, "sampling seed sent to the server (null: none sent; some servers ignore it)", nullable=True),
+    "max_tokens": Spec(int, 2048, "longest answer, in tokens", min=1),
+    "prompt_template": Spec(
+        str, DESCRIBE_PROMPT_TEMPLATE, "the user message; {class_name} and {n} are filled in per class"
+    ),
+    "retries": Spec(int, 5, "retries after a 429, a 5xx or a connection error, then the stage fails", min=0),
+    "backoff_seconds": Spec(float, 1.0, "wait before retry k (from 0) is backoff_seconds * 2**k", min=0.0),
+    "timeout_seconds": Spec(float, 120.0, "per request", min=0.001),
+}
+
+DESCRIBE: Schema = {
+    "device": Spec(str, "auto", "where the CLIP text encoder runs: auto (CUDA when present), cpu, cuda, cuda:N"),
+    "runs": MapOf(
+        {
+            "reads": Spec(
+                str,
+                None,
+                "source file: the descriptions file (YAML or JSON: class name -> n sentences); "
+                "source openai: artifacts/index (the class names)",
+            ),
+            "n": Spec(int, 20, "descriptions per class", min=1),
+            "prefix": Spec(
+                str,
+                "a clean origami {class_name}. ",
+                "put before every description ({class_name} filled in); the text is then lower-cased, as ExCEL does",
+            ),
+            "clusters": Spec(int, 112, "attributes B of the bank, KMeans clusters (ExCEL: 112 VOC, 224 COCO)", min=1),
+            "random_state": Spec(int, 0, "KMeans seed", min=0),
+            "n_init": Spec(int, 10, "KMeans restarts (ExCEL's scikit-learn 1.0.2 default)", min=1),
+        },
+        "attribute banks (ExCEL); each becomes artifacts/descriptions_<name> (source: where descriptions come from)",
+        kind_key="source",
+        kinds={"openai": {"openai": DESCRIBE_OPENAI}, "file": {}},
+    ),
+}
+
+
 def _learn_task(design: str, init_std: float, losses: tuple[str, ...], iterations: int) -> Schema:
     return {
         "prompt_design": Spec(
@@ -374,6 +438,19 @@ LEARN: Schema = {
 }
 
 
+ADAPT: Schema = {
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N"),
+    "checkpoint_every": Spec(int, 500, "iterations between resumable checkpoints", min=1),
+    "runs": MapOf(
+        ADAPT_RUN,
+        "adapter-learning runs (ExCEL's single-stage training on the frozen CLIP); each becomes "
+        "artifacts/adapter_<name> (method: a key of wsss_core.adapter.ADAPT_METHODS)",
+        kind_key="method",
+        kinds={name: module.SETTINGS for name, module in ADAPT_METHODS.items()},
+    ),
+}
+
+
 # The demo's own small CLIP (open_clip's classes): 8-px patches at 64 px, average-pooled patch tokens (the embedding
 # CLIP-ES explains). Trained at 64 px and run on the demo's 128-px images through the interpolated positional embedding.
 DEMO_CLIP_CFG = {
@@ -426,7 +503,9 @@ SECTIONS: dict[str, Schema] = {
     "dataset": DATASET,
     "models": MODELS,
     "sam_masks": SAM_MASKS,
+    "describe": DESCRIBE,
     "learn": LEARN,
+    "adapt": ADAPT,
     "cams": CAMS,
     "seeds": SEEDS,
     "retrain": RETRAIN,

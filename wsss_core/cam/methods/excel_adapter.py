@@ -1,0 +1,65 @@
+"""ExCEL after adapter learning: the CAMs of a trained ExCEL model (`reads: artifacts/adapter_<adapt run>`), as the
+reference's CAM inference computes them (tools/infer_lam.py, `--training_free false`; wsss_core/adapter/inference.py):
+LVC's dynamic CAMs of the image and its mirror image merged by max, refined by the dynamic CAA (the trained head's
+affinity picks and weights the attention layers), box threshold 0.79, at a 320 x 320 input.
+
+The adapter artifact holds the head's weights and the TSE texts it was trained with; its SVC depth is the run's. The
+CLIP of `models.clip` must be the one the adapter was trained on (its provenance record is compared).
+`lvc: false`, `flip: false`, `box_threshold: 0.75` give the CAMs ExCEL's validation during training reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wsss_core.cam.methods.common import CamGenerator
+from wsss_core.params.spec import Schema, Spec
+
+READS = "adapter"
+
+SETTINGS: Schema = {
+    "input_size": Spec(int, 320, "side of the square network input in pixels (ExCEL: 320, a 20x20 token grid)", min=1),
+    "flip": Spec(bool, True, "also the mirrored image, merged by max (infer_lam's cure_attr_map_flip)"),
+    "lvc": Spec(bool, True, "LVC's dynamic CAMs (the trained adapter shifts SVC); false: SVC's static CAMs"),
+    "dynamic_caa": Spec(bool, True, "CAA weighted and layer-picked by the head's affinity (seg_attn); false: static"),
+    "caa_layers": Spec(int, 6, "layers (the last ones) whose attention CAA uses", min=1),
+    "box_threshold": Spec(float, 0.79, "CAA box mask threshold (times max)", min=0.0, max=1.0),
+    "reference_quirks": Spec(bool, False, "CAA boxes with the reference's 8-bit threshold and clipped box ends"),
+    "refine": Spec(
+        str,
+        "none",
+        "par: PAR on [background, classes] at image size (needs store_resolution: image); stores each class's "
+        "share F / (F + B) against the refined background, so power-1 seeds give the reference's argmax",
+        choices=("none", "par"),
+    ),
+    "par_dilations": Spec(list, [1, 2, 4, 8, 12, 24], "PAR neighbour dilations", item=int, min=1),
+    "par_iterations": Spec(int, 20, "PAR iterations", min=0),
+}
+
+
+def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGenerator:
+    from wsss_core.adapter.artifact import load_adapter
+    from wsss_core.adapter.inference import AdapterCams, InferenceSettings
+    from wsss_core.params import ParamsError
+    from wsss_core.store.table import ArtifactError
+
+    model, provenance = load_adapter(Path(run["reads"]), clip, clip.device)
+    trained_on = provenance["details"]["class_names"]
+    if list(trained_on) != list(class_names):
+        raise ArtifactError(
+            f"{run['reads']}: trained for the classes {trained_on}, the dataset has {list(class_names)}"
+        )
+    keys = ("input_size", "flip", "lvc", "dynamic_caa", "caa_layers", "box_threshold", "reference_quirks", "refine")
+    try:
+        settings = InferenceSettings(
+            **{key: run[key] for key in keys},
+            par_dilations=tuple(run["par_dilations"]),
+            par_iterations=run["par_iterations"],
+            store_resolution=run["store_resolution"],
+        )
+        generator = AdapterCams(model, settings)
+    except ValueError as error:
+        raise ParamsError(f"cams run (method excel_adapter): {error}") from None
+    variant = ("lvc" if settings.lvc else "svc") + ("+par" if settings.refine == "par" else "")
+    return CamGenerator(generator, clip.patch_size, {"variant": variant, "adapter_run": provenance["details"]["run"]})

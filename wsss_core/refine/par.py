@@ -1,0 +1,123 @@
+"""PAR, pixel-adaptive refinement (AFA, Ru et al. CVPR 2022), as WeCLIP and ExCEL use it to refine CAMs into
+pseudo labels: a few steps of a local random walk over the maps, with weights from the image's colours.
+
+Each pixel looks at 8 neighbours (the 3x3 ring) at every dilation d (1, 2, 4, 8, 12, 24: K = 48 neighbours),
+borders replicated. With I the image resized to the maps' size (bilinear, align_corners=True), j a neighbour:
+
+    colour  a_j = -( |I - I_j| / (std_j' I_j' + 1e-8) / 0.3 )^2      per channel, std over the K neighbours
+                  (unbiased), then averaged over the channels
+    place   p_j = -( dist_j / (std_j' dist_j' + 1e-8) / 0.3 )^2      dist_j = d for edge neighbours, d * sqrt(2)
+                                                                     for diagonal ones; the same at every pixel
+    weight  w_j = softmax_j(a_j) + 0.01 * softmax_j(p_j)
+    maps    M  <- sum_j w_j * M_j                                    repeated 20 times, every channel alike
+
+Quirk kept from the reference: the weights of a pixel sum to 1.01, not 1 (the position term is added to a
+normalised colour term, not mixed in), so every iteration scales the maps by about 1.01 (a constant map comes
+out 1.01^20 = 1.22 times larger) on top of smoothing them. Callers that argmax over channels are unaffected; the
+others should not read the refined values as probabilities. The centre pixel itself is not among its neighbours.
+
+The image's colour scale does not matter: |I - I_j| and the standard deviation scale together, so an image in
+[0, 1], in [0, 255] or normalised with a per-channel mean and std gives the same weights up to the 1e-8.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+DILATIONS = (1, 2, 4, 8, 12, 24)
+ITERATIONS = 20
+COLOUR_SCALE = 0.3  # w1 in the reference: divides the standardised colour and place distances
+PLACE_WEIGHT = 0.01  # w2: weight of the position term added to the colour weights
+_EPSILON = 1e-8
+
+# The 8 neighbours of the 3x3 ring as (row, column) unit offsets, in the reference's order (its 3x3 kernels read
+# top-left, top, top-right, left, right, bottom-left, bottom, bottom-right).
+RING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
+    dilations = tuple(int(d) for d in dilations)
+    if not dilations or any(d < 1 for d in dilations):
+        raise ValueError(f"dilations must be a non-empty list of integers >= 1, got {list(dilations)}")
+    return dilations
+
+
+def neighbour_index(height: int, width: int, dilations: Sequence[int] = DILATIONS, *, device=None) -> Tensor:
+    """(K, height * width) flat indices of the 8 ring neighbours of every pixel at each dilation, dilation-major,
+    clamped to the image: a neighbour off the image is the nearest border pixel (replicate padding)."""
+    rows = torch.arange(height, device=device).view(height, 1)
+    cols = torch.arange(width, device=device).view(1, width)
+    return torch.stack(
+        [
+            ((rows + dy * d).clamp(0, height - 1) * width + (cols + dx * d).clamp(0, width - 1)).flatten()
+            for d in _check_dilations(dilations)
+            for dy, dx in RING
+        ]
+    )
+
+
+def dilated_neighbours(x: Tensor, dilations: Sequence[int] = DILATIONS, *, index: Tensor | None = None) -> Tensor:
+    """The 8 ring neighbours of every pixel at each dilation: (B, C, H, W) -> (B, C, 8 * len(dilations), H, W),
+    dilation-major, borders replicated. `index` is `neighbour_index` of the size, when the caller has it."""
+    if x.ndim != 4:
+        raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    height, width = x.shape[-2:]
+    if index is None:
+        index = neighbour_index(height, width, dilations, device=x.device)
+    return x.flatten(2)[..., index].unflatten(-1, (height, width))  # one gather, not 8 shifts per dilation
+
+
+def place_weights(dilations: Sequence[int] = DILATIONS, *, device=None) -> Tensor:
+    """softmax over the K neighbours of -(dist / std(dist) / 0.3)^2: (K,), the same at every pixel."""
+    unit = torch.tensor([math.sqrt(2.0) if dy and dx else 1.0 for dy, dx in RING], dtype=torch.float32)
+    distances = torch.cat([unit * d for d in _check_dilations(dilations)]).to(device)  # float32 products, as AFA
+    logits = -((distances / (distances.std() + _EPSILON) / COLOUR_SCALE) ** 2)
+    return logits.softmax(dim=0)
+
+
+def par_weights(images: Tensor, size: tuple[int, int], dilations: Sequence[int] = DILATIONS) -> Tensor:
+    """PAR's neighbour weights (B, K, h, w) at `size` = (h, w) for images (B, C, H, W); each pixel's K weights sum
+    to 1 + 0.01 (see the module docstring)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be shaped (B, C, H, W), got {tuple(images.shape)}")
+    images = F.interpolate(images.float(), size=tuple(size), mode="bilinear", align_corners=True)
+    neighbours = dilated_neighbours(images, dilations)  # (B, C, K, h, w)
+    difference = (neighbours - images.unsqueeze(2)).abs()
+    spread = neighbours.std(dim=2, keepdim=True)  # unbiased, over the neighbours (the centre is not one)
+    colour = (-((difference / (spread + _EPSILON) / COLOUR_SCALE) ** 2)).mean(dim=1)  # (B, K, h, w)
+    place = place_weights(dilations, device=images.device).view(1, -1, 1, 1)
+    return colour.softmax(dim=1) + PLACE_WEIGHT * place
+
+
+def par_refine(
+    images: Tensor,
+    maps: Tensor,
+    *,
+    dilations: Sequence[int] = DILATIONS,
+    iterations: int = ITERATIONS,
+) -> Tensor:
+    """Refine score maps (B, C, h, w) with PAR against images (B, 3, H, W); returns (B, C, h, w) float32.
+
+    The images are resized to the maps' size (bilinear, align_corners=True), so pass the maps at the resolution
+    the result is wanted at (ExCEL and WeCLIP: the CAMs upsampled to image or crop size, background first). Runs on
+    the tensors' device; images in any per-channel affine colour scale (see the module docstring).
+    """
+    if maps.ndim != 4:
+        raise ValueError(f"maps must be shaped (B, C, h, w), got {tuple(maps.shape)}")
+    if images.ndim != 4 or images.shape[0] != maps.shape[0]:
+        raise ValueError(
+            f"images {tuple(images.shape)} must be (B, channels, H, W) with the maps' batch size {maps.shape[0]}"
+        )
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    weights = par_weights(images.to(maps.device), tuple(maps.shape[-2:]), dilations).unsqueeze(1)  # (B, 1, K, h, w)
+    index = neighbour_index(*maps.shape[-2:], dilations, device=maps.device)
+    refined = maps.float()
+    for _ in range(iterations):
+        refined = (dilated_neighbours(refined, index=index) * weights).sum(dim=2)
+    return refined
