@@ -1,10 +1,11 @@
 """Retraining networks: training images per second and inference seconds per image, demo configuration.
 
-Each network of the registry is built from params.yaml's `retrain` section (the WeCLIP head on models.clip, random
-weights where no file is at hand: same cost), trained for --steps updates of the demo schedule (batch, crop,
-optimiser, loss) through the real training loop on random in-memory images, and run on --images images of the demo
-size with each prediction variant's views (scales, flips, windows); dense CRF is timed separately. Medians after
-one warm-up update / image.
+Each network of the registry is built from the first run of params.yaml's `retrain.runs` (its own section when the run
+is of that network, the section's defaults otherwise; the WeCLIP head on models.clip, random weights where no file
+is at hand: same cost), trained for --steps updates of that run's schedule (batch, crop, optimiser, loss) through the
+real training loop on random in-memory images, and run on --images images of the demo size with each prediction
+variant's views (scales, flips, resizing, windows); dense CRF is timed separately. Medians after one warm-up update /
+image.
 
     .venv/bin/python benchmarks/retrain.py [--params params.yaml] [--steps 6] [--images 5] [--device auto]
 """
@@ -94,7 +95,7 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def inference_seconds(network, variant: dict, images, amp: bool, device) -> float:
+def inference_seconds(network, variant: dict, images, device) -> float:
     from wsss_core.segment.infer import InferenceSettings, predict_probabilities
 
     settings = InferenceSettings(
@@ -102,7 +103,11 @@ def inference_seconds(network, variant: dict, images, amp: bool, device) -> floa
         flip=variant["flip"],
         window=variant["window"],
         stride=variant["stride"],
-        amp=amp,
+        amp=variant["amp"],
+        unflipped_scales=tuple(variant["unflipped_scales"]),
+        resize=variant["resize"],
+        input_size=variant["input_size"],
+        merge=variant["merge"],
     )
     times = []
     for image in images:
@@ -142,13 +147,18 @@ def main() -> None:
     import torch
 
     from wsss_core.models import resolve_device
-    from wsss_core.params import load_params
+    from wsss_core.params import load_params, validate_section
     from wsss_core.params.pipeline import CLIP_NETWORKS
+    from wsss_core.params.schema import NETWORK_SECTIONS
     from wsss_core.segment.networks import NETWORKS, build_network
 
     params = load_params(args.params)
+    runs = params["retrain"]["runs"]
+    if not runs:
+        parser.error(f"{args.params}: retrain.runs is empty; the benchmark takes its schedule from the first run")
+    base = next(iter(runs.values()))
     device = resolve_device(args.device)
-    size = tuple(params["dataset"]["synthetic"]["image_size"])
+    size = tuple(params["demo"]["data"]["image_size"])
     num_classes = 7  # background + the demo's six shapes
     images = [image for image, _ in random_data(args.images + 1, size, num_classes)]
     variants = params["retrain"]["predict"]["variants"]
@@ -156,8 +166,9 @@ def main() -> None:
     print("network        train img/s  " + "  ".join(f"infer {name} s/img" for name in variants))
     clip = None
     for name in args.networks or NETWORKS:
-        settings = copy.deepcopy(params["retrain"])
-        settings["network"] = name
+        settings = copy.deepcopy(base)
+        if settings["network"] != name:
+            settings = {**settings, "network": name, name: validate_section({}, NETWORK_SECTIONS[name], name)}
         section = settings[name]
         if name not in CLIP_NETWORKS and section.get("checkpoint") is None:
             section["random_init"] = True  # same cost as ImageNet weights
@@ -166,9 +177,7 @@ def main() -> None:
         network = build_network(name, section, num_classes, clip=clip, device=device)
         data = random_data(max(8, settings["schedule"]["batch_size"]), size, num_classes)
         rate = training_rate(network, settings, data, args.steps, device)
-        seconds = [
-            inference_seconds(network, variant, images, settings["amp"], device) for variant in variants.values()
-        ]
+        seconds = [inference_seconds(network, variant, images, device) for variant in variants.values()]
         print(
             f"{name:14s} {rate:11.2f}  "
             + "  ".join(f"{s:{len(v) + 15}.3f}" for s, v in zip(seconds, variants, strict=True))
@@ -178,8 +187,8 @@ def main() -> None:
         seconds = crf_seconds(images, num_classes, crf)
         print(f"dense CRF post-processing: {seconds:.3f} s/img ({crf['iterations']} iterations)")
     print(
-        f"({args.steps} updates after 1 warm-up, batch {params['retrain']['schedule']['batch_size']}, "
-        f"crop {params['retrain']['schedule']['crop_size']}; inference median of {args.images} images after 1)"
+        f"({args.steps} updates after 1 warm-up, batch {base['schedule']['batch_size']}, "
+        f"crop {base['schedule']['crop_size']}; inference median of {args.images} images after 1)"
     )
 
 

@@ -1,5 +1,6 @@
-"""predict stage: one prediction variant (params retrain.predict.variants.<name>) of the trained segmenter on the
-eval split -> artifacts/predictions_<name>.zarr, scored by `stages/evaluate.py predictions_<name>`."""
+"""predict stage: one prediction variant (params retrain.predict.variants.<name>) on the eval split, with the trained
+model its `segmenter` names (a retrain run's artifacts/segmenter_<run>, or an adapter, artifacts/adapter_<run>)
+-> artifacts/predictions_<name>.zarr, scored by `stages/evaluate.py predictions_<name>`."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ def main(
     name: str = typer.Argument(..., help="a key of retrain.predict.variants in params.yaml"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
     index_dir: Path = typer.Option(Path("artifacts/index")),
-    segmenter: Path = typer.Option(Path("artifacts/segmenter")),
+    segmenter: Path = typer.Option(None, help="default: the variant's segmenter"),
     artifacts: Path = typer.Option(Path("artifacts")),
     device: str = typer.Option(None, help="overrides retrain.device (auto: CUDA when present)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
+        from wsss_core.params import require_entry
+
+        variant = require_entry(params, "retrain.predict.variants", name)
         if params["retrain"]["pinned_cpu"]:
             from wsss_core.pinned_cpu import pin_cpu
 
@@ -33,7 +37,11 @@ def main(
             params["retrain"]["device"] = device
         split = params["dataset"]["eval_split"]
         out = write_predictions(
-            params, name, segmenter, index_dir / f"{split}.parquet", artifacts / f"predictions_{name}.zarr"
+            params,
+            name,
+            segmenter or Path(variant["segmenter"]),
+            index_dir / f"{split}.parquet",
+            artifacts / f"predictions_{name}.zarr",
         )
         log["artifact"] = str(out)
 

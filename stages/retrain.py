@@ -1,4 +1,5 @@
-"""retrain stage: train the segmentation network (params retrain.network) on a seed artifact (retrain.seeds)."""
+"""retrain stage: one retraining run (`retrain.runs.<name>`: a segmentation network trained on a seed artifact)
+-> artifacts/segmenter_<name>/, with its loss curve in metrics/retrain_<name>/curve.csv for `dvc plots`."""
 
 from __future__ import annotations
 
@@ -14,13 +15,19 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
+    name: str = typer.Argument(..., help="a key of retrain.runs"),
     params_file: Path = typer.Option(Path("params.yaml"), "--params"),
     artifacts: Path = typer.Option(Path("artifacts")),
-    out_dir: Path = typer.Option(Path("artifacts/segmenter")),
-    curve: Path = typer.Option(Path("metrics/retrain/curve.csv"), help="loss/lr per update, for dvc plots"),
+    out_dir: Path = typer.Option(None, help="default: artifacts/segmenter_<name>"),
+    curve: Path = typer.Option(
+        None, help="loss/lr per update, for dvc plots; default: metrics/retrain_<name>/curve.csv"
+    ),
     device: str = typer.Option(None, help="overrides retrain.device (auto: CUDA when present)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
+        from wsss_core.params import require_entry
+
+        require_entry(params, "retrain.runs", name)
         if params["retrain"]["pinned_cpu"]:
             from wsss_core.pinned_cpu import pin_cpu
 
@@ -29,10 +36,11 @@ def main(
 
         if device is not None:
             params["retrain"]["device"] = device
-        retrain(params, artifacts, out_dir, curve)
-        log["artifact"] = str(out_dir)
+        out = out_dir or artifacts / f"segmenter_{name}"
+        retrain(params, name, artifacts, out, curve or Path("metrics") / f"retrain_{name}" / "curve.csv")
+        log["artifact"] = str(out)
 
-    run_stage("retrain", body, params_file)
+    run_stage(f"retrain_{name}", body, params_file)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,13 @@ def small_params() -> dict:
     params["describe"]["device"] = "cpu"
     for run in params["describe"]["runs"].values():  # shipped descriptions files, read where the repository has them
         run["reads"] = str(ROOT / run["reads"]) if run["source"] == "file" else run["reads"]
+    # ExCEL adapter learning: a few iterations on 32x32 crops, the schedule's switches inside them
+    params["adapt"].update({"device": "cpu", "checkpoint_every": 2})
+    for run in params["adapt"]["runs"].values():
+        run.update(
+            {"iterations": 3, "batch_size": 2, "crop_size": 32, "warmup_iterations": 1, "embedding_dim": 32}
+            | {"dynamic_from": 1, "seg_affinity_from": 2, "par_iterations": 2}
+        )
     params["cams"]["device"] = "cpu"
     for run in params["cams"]["runs"].values():
         run["caa_layers"] = 2
@@ -60,11 +67,11 @@ def small_params() -> dict:
         run.update({"n_ctx": 4, "iterations": 4})
     # retraining: a few updates of a narrow WeCLIP head on 48x48 crops
     retrain = params["retrain"]
-    retrain.update(device="cpu", pinned_cpu=False)
-    retrain["schedule"].update(
-        {"iterations": 4, "batch_size": 2, "crop_size": 48, "checkpoint_every": 2, "warmup_iterations": 2}
-    )
-    retrain["weclip_head"].update({"embedding_dim": 32, "heads": 4})
+    retrain.update(device="cpu", pinned_cpu=False, checkpoint_every=2)
+    for run in retrain["runs"].values():
+        run["schedule"].update({"iterations": 4, "batch_size": 2, "crop_size": 48, "warmup_iterations": 2})
+        if run["network"] == "weclip_head":
+            run["weclip_head"].update({"embedding_dim": 32, "heads": 4})
     return params
 
 

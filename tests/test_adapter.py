@@ -316,7 +316,6 @@ def test_training_resumes_to_the_same_bytes_and_leaves_clip_frozen(clip, texts, 
 def test_adapt_stage_end_to_end_with_its_cams_and_predictions(project):
     from wsss_core.audit import audit
     from wsss_core.data.index import read_index
-    from wsss_core.drivers.predict import write_predictions
     from wsss_core.params import load_params
     from wsss_core.store import DenseMaps
 
@@ -396,15 +395,18 @@ def test_adapt_stage_end_to_end_with_its_cams_and_predictions(project):
         maps = cams[index]
         assert maps.shape == (len(cams.classes(index)), 4, 4) and maps.min() >= 0 and maps.max() <= 1
 
-    # the predict driver runs the adapter's head as the segmenter
-    params = load_params(Path("params.yaml"))
-    params["retrain"]["predict"]["variants"] = {"adapted": {**params["retrain"]["predict"]["variants"]["plain"]}}
-    written = write_predictions(
-        params, "adapted", out, Path("artifacts/index/val.parquet"), Path("artifacts/predictions_adapted.zarr")
-    )
-    predictions = DenseMaps(written, kind="labels")
+    # the predict stage runs the adapter's head as the segmenter, with ExCEL's inference (square views, logits
+    # averaged, the unflipped view alone at scale 1.0, dense CRF)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    excel = {"segmenter": str(out), "reads": str(out), "scales": [0.5, 1.0], "flip": True, "unflipped_scales": [1.0]}
+    excel.update(resize="square", input_size=64, merge="logits", postprocess="crf")
+    params["retrain"]["predict"]["variants"] = {"adapted": excel}
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_ok("predict", "adapted")
+    predictions = DenseMaps(Path("artifacts/predictions_adapted.zarr"), kind="labels")
     assert len(predictions) == 3 and predictions[0].shape == (64, 64)
     assert predictions.provenance["upstream"]["segmenter"]["path"] == "artifacts/adapter_excel"
+    assert predictions.provenance["details"]["network"] == "weclip_head"
 
 
 def test_params_name_what_an_adapt_run_must_read_and_fit(tmp_path):

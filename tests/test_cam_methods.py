@@ -33,7 +33,7 @@ def _adapter() -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     run = {"method": "excel", "reads": "artifacts/descriptions_probe", "svc_layers": 2, "caa_layers": 2}
     run.update(iterations=2, batch_size=2, crop_size=32, warmup_iterations=1, embedding_dim=32, heads=4)
-    params["adapt"] = {"device": "cpu", "runs": {"probe": {**run, "dynamic_from": 1, "par_iterations": 2}}}
+    params["adapt"]["runs"]["probe"] = {**run, "dynamic_from": 1, "par_iterations": 2}  # beside the shipped runs
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_ok("adapt", "probe")
 

@@ -53,7 +53,7 @@ def demo_clip_params(params: dict) -> dict:
             "random_init": False,
         }
     )
-    for run in params["cams"]["runs"].values():
+    for run in [*params["cams"]["runs"].values(), *params["adapt"]["runs"].values()]:
         run["caa_layers"] = 1  # the tiny demo CLIP has one block
         if "svc_layers" in run:
             run["svc_layers"] = 1
@@ -64,9 +64,10 @@ def demo_clip_params(params: dict) -> dict:
 def dvc_project(tmp_path) -> Path:
     copy_pipeline(tmp_path)
     params = demo_clip_params(small_params())
-    params["seeds"]["variants"] = {name: params["seeds"]["variants"][name] for name in ("cam", "crf", "excel")}
+    kept = ("cam", "crf", "excel", "excel_adapter")
+    params["seeds"]["variants"] = {name: params["seeds"]["variants"][name] for name in kept}
     params["describe"]["runs"]["synthetic"]["reads"] = "data/descriptions/synthetic.yaml"  # copied with the code
-    params["retrain"]["seeds"] = "cam"  # retrain from the other variant than the one the test changes below
+    params["retrain"]["runs"]["weclip"]["seeds"] = "cam"  # the other variant than the one the test changes below
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp_path
 
@@ -82,12 +83,15 @@ def test_repro_is_incremental(dvc_project):
     sams = ["sam_masks@felzenszwalb", "sams_seeds@sams", "evaluate_sams@sams"]  # the demo's SAMS variant, its masks
     fma = ["learn@classification", "cams@coarse", "sams_seeds@coarse", "evaluate_sams@coarse"]  # FMA-WSSS chain
     fma += ["learn@segmentation", "cams@fine", "sams_seeds@fine", "evaluate_sams@fine"]
-    retrain = ["retrain"] + [f"{stage}@{name}" for stage in ("predict", "evaluate_predictions") for name in PREDICTIONS]
+    retrain = ["retrain@weclip"]
+    retrain += [f"{stage}@{name}" for stage in ("predict", "evaluate_predictions") for name in PREDICTIONS]
     cams = ["cams@raw", "cams@caa"]
     excel = ["describe@synthetic", "cams@excel", "seeds@excel", "evaluate@excel"]  # ExCEL, training-free
+    excel += ["adapt@excel", "cams@excel_adapter", "seeds@excel_adapter", "evaluate@excel_adapter"]  # and trained
     assert sorted(first) == sorted([*demo, "prepare", *cams, *seeds_and_metrics, *sams, *fma, *excel, *retrain])
     assert first.index("describe@synthetic") < first.index("cams@excel")
-    assert first.index("seeds@cam") < first.index("retrain") < first.index("predict@plain")
+    assert first.index("describe@synthetic") < first.index("adapt@excel") < first.index("cams@excel_adapter")
+    assert first.index("seeds@cam") < first.index("retrain@weclip") < first.index("predict@plain")
     assert first.index("sams_seeds@coarse") < first.index("learn@segmentation") < first.index("cams@fine")
     assert (dvc_project / "metrics" / "seeds_crf" / "metrics.json").is_file()
     assert not (dvc_project / "reports" / "demo.md").exists()  # the report belongs to the demo pipeline
@@ -100,6 +104,7 @@ def test_repro_is_incremental(dvc_project):
     for device in ("cuda", "cpu"):  # a device is where a stage runs, not what it computes: nothing reruns
         for section in ("cams", "learn", "sam_masks", "retrain"):
             params[section]["device"] = device
+        params["retrain"]["checkpoint_every"] = 3 if device == "cuda" else 2  # nor how often it checkpoints
         (dvc_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert stages_run(dvc(dvc_project, "repro")) == []
 

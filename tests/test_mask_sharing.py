@@ -67,7 +67,7 @@ def demo_params() -> dict:
     params["seeds"]["variants"] = {"cam": params["seeds"]["variants"]["cam"]}
     params["seeds"]["sams"]["variants"] = {"sams": params["seeds"]["sams"]["variants"]["sams"]}
     params["sam_masks"]["runs"]["felzenszwalb"]["eval_split"] = False
-    params["retrain"]["seeds"] = "cam"
+    params["retrain"]["runs"]["weclip"]["seeds"] = "cam"
     params["retrain"]["predict"]["variants"] = {"plain": params["retrain"]["predict"]["variants"]["plain"]}
     check_pipeline(validated(params), files=False)  # what every stage checks first
     return params

@@ -23,6 +23,7 @@ FAMILIES = (
     ("cams", "runs"),
     ("seeds", "variants"),
     ("seeds", "sams", "variants"),
+    ("retrain", "runs"),
     ("retrain", "predict", "variants"),
 )
 
@@ -424,9 +425,26 @@ def test_each_kind_has_its_own_keys_defaults_and_choices(tmp_path):
         ({"seeds": {"sams": {"variants": {"a": {"cams": "cams_caa"}}}}}, "seeds.sams.variants.a.masks"),
         ({"cams": {"runs": {"a": {"method": "clip_es"}}}}, "cams.runs.a.reads"),
         ({"learn": {"runs": {"a": {"task": "classification"}}}}, "learn.runs.a.reads"),
-        ({"retrain": {"predict": {"variants": {"a": {"postprocess": "none"}}}}}, "retrain.predict.variants.a.reads"),
+        ({"retrain": {"runs": {"a": {"network": "weclip_head"}}}}, "retrain.runs.a.seeds"),
+        (
+            {"retrain": {"predict": {"variants": {"a": {"postprocess": "none", "reads": "x"}}}}},
+            "retrain.predict.variants.a.segmenter",
+        ),
+        (
+            {"retrain": {"predict": {"variants": {"a": {"postprocess": "none", "segmenter": "x"}}}}},
+            "retrain.predict.variants.a.reads",
+        ),
     ],
-    ids=["seeds-cams", "sams-cams", "sams-masks", "cams-reads", "learn-reads", "predict-reads"],
+    ids=[
+        "seeds-cams",
+        "sams-cams",
+        "sams-masks",
+        "cams-reads",
+        "learn-reads",
+        "retrain-seeds",
+        "predict-segmenter",
+        "predict-reads",
+    ],
 )
 def test_keys_that_dvc_yaml_interpolates_have_no_default(tmp_path, data, key):
     with pytest.raises(ParamsError, match=re.escape(f"params.yaml: {key}: must not be null")):
@@ -554,9 +572,9 @@ CROSS_KEY_PROBLEMS = {
         "artifacts/masks_sam_vit_h is read by stage sams_seeds@fine but no stage of these params makes it",
     ),
     "sams-prediction-reading-the-segmenter": (
-        _set("retrain.predict.variants.sams.reads", "artifacts/segmenter"),
+        _set("retrain.predict.variants.sams.reads", "artifacts/segmenter_weclip"),
         "retrain.predict.variants.sams.reads",
-        "'artifacts/segmenter' is not artifacts/masks_<a key of sam_masks.runs>",
+        "'artifacts/segmenter_weclip' is not artifacts/masks_<a key of sam_masks.runs>",
     ),
     "sams-prediction-without-eval-split-masks": (
         _set("sam_masks.runs.felzenszwalb.eval_split", False),
@@ -571,12 +589,29 @@ CROSS_KEY_PROBLEMS = {
     "plain-prediction-reading-masks": (
         _set("retrain.predict.variants.plain.reads", "artifacts/masks_felzenszwalb"),
         "retrain.predict.variants.plain.reads",
-        "'artifacts/masks_felzenszwalb' is not artifacts/segmenter (postprocess none)",
+        "'artifacts/masks_felzenszwalb' is not artifacts/segmenter_weclip, the variant's segmenter (postprocess none "
+        "reads nothing else)",
+    ),
+    "prediction-with-seeds-for-a-segmenter": (
+        _set("retrain.predict.variants.sams.segmenter", "artifacts/seeds_crf.zarr"),
+        "retrain.predict.variants.sams.segmenter",
+        "'artifacts/seeds_crf.zarr' is not artifacts/segmenter_<a key of retrain.runs> or artifacts/adapter_<a key "
+        "of adapt.runs>",
+    ),
+    "prediction-with-a-segmenter-no-run-makes": (
+        _set("retrain.predict.variants.sams.segmenter", "artifacts/segmenter_deeplab"),
+        "retrain.predict.variants.sams.segmenter",
+        "artifacts/segmenter_deeplab is read by stage predict@sams but no stage of these params makes it",
+    ),
+    "prediction-with-an-adapter-no-run-makes": (
+        _set("retrain.predict.variants.sams.segmenter", "artifacts/adapter_nope"),
+        "retrain.predict.variants.sams.segmenter",
+        "artifacts/adapter_nope is read by stage predict@sams but no stage of these params makes it",
     ),
     "retraining-on-a-missing-seed-variant": (
-        _set("retrain.seeds", "nope"),
-        "retrain.seeds",
-        "artifacts/seeds_nope.zarr is read by stage retrain but no stage of these params makes it",
+        _set("retrain.runs.weclip.seeds", "nope"),
+        "retrain.runs.weclip.seeds",
+        "artifacts/seeds_nope.zarr is read by stage retrain@weclip but no stage of these params makes it",
     ),
 }
 
@@ -617,9 +652,11 @@ def test_checkpoints_and_data_must_exist_only_with_files(tmp_path):
     assert pipeline_problems(params, files=False) == []
     (problem,) = pipeline_problems(params, files=True, root=tmp_path)
     assert problem.startswith("models.clip.checkpoint: null, but stages describe@synthetic, learn@classification, ")
-    assert "cams@raw" in problem and "cams@excel" in problem and "retrain" in problem and "predict@sams" in problem
+    assert "cams@raw" in problem and "cams@excel" in problem and "retrain@weclip" in problem
+    assert "predict@sams" in problem
     # a network without CLIP: retraining and prediction do not read the CLIP checkpoint
-    (problem,) = pipeline_problems(_validated(_set("retrain.network", "deeplabv3plus")), files=True, root=tmp_path)
+    deeplab = {"seeds": "crf", "network": "deeplabv3plus", "deeplabv3plus": {"random_init": True}}
+    (problem,) = pipeline_problems(_validated(_set("retrain.runs.weclip", deeplab)), files=True, root=tmp_path)
     assert problem.startswith("models.clip.checkpoint: null") and "retrain" not in problem and "predict" not in problem
 
     def real_files(params):
@@ -632,8 +669,8 @@ def test_checkpoints_and_data_must_exist_only_with_files(tmp_path):
     assert problems == [
         "dataset.root: data/voc (read by stage prepare) does not exist",
         "models.clip.checkpoint: checkpoints/clip.pt (read by stages describe@synthetic, learn@classification, "
-        "learn@segmentation, cams@raw, cams@caa, cams@excel, cams@coarse, cams@fine, retrain, predict@plain, "
-        "predict@crf, predict@sams) does not exist",
+        "learn@segmentation, adapt@excel, cams@raw, cams@caa, cams@excel, cams@excel_adapter, cams@coarse, "
+        "cams@fine, retrain@weclip, predict@plain, predict@crf, predict@sams) does not exist",
     ]
     (tmp_path / "data" / "voc").mkdir(parents=True)
     (tmp_path / "checkpoints").mkdir()
@@ -646,12 +683,12 @@ def test_check_pipeline_lists_every_problem():
 
     def two_problems(params):
         _set("seeds.variants.cam.cams", "cams_nowhere")(params)
-        _set("retrain.seeds", "nope")(params)
+        _set("retrain.runs.weclip.seeds", "nope")(params)
 
     with pytest.raises(ParamsError) as raised:
         check_pipeline(_validated(two_problems), files=False)
     lines = str(raised.value).strip().splitlines()
-    assert [line.strip().split(":")[0] for line in lines] == ["seeds.variants.cam.cams", "retrain.seeds"]
+    assert [line.strip().split(":")[0] for line in lines] == ["seeds.variants.cam.cams", "retrain.runs.weclip.seeds"]
 
 
 # ------------------------------------------------------------------------------------------ `wsss params check`
@@ -674,7 +711,7 @@ def _expected_stages(overlay: dict) -> list[str]:
         *(f"sams_seeds@{name}" for name in names("seeds", "sams", "variants")),
         *(f"evaluate@{name}" for name in names("seeds", "variants")),
         *(f"evaluate_sams@{name}" for name in names("seeds", "sams", "variants")),
-        "retrain",
+        *(f"retrain@{name}" for name in names("retrain", "runs")),
         *(f"predict@{name}" for name in names("retrain", "predict", "variants")),
         *(f"evaluate_predictions@{name}" for name in names("retrain", "predict", "variants")),
     ]
@@ -694,7 +731,7 @@ def test_params_check_accepts_every_preset_and_lists_its_stages(preset):
     assert result.exit_code == 0, result.output
     stages = _expected_stages(yaml.safe_load(preset.read_text()))
     assert f"{preset}: OK; dvc repro runs {', '.join(stages)}\n" in result.stdout
-    assert stages[0] == "prepare" and "retrain" in stages and any(stage.startswith("cams@") for stage in stages)
+    assert stages[0] == "prepare" and any(stage.startswith("cams@") for stage in stages)
 
 
 def test_params_check_warns_about_inputs_not_on_disk(tmp_path, monkeypatch):
@@ -712,7 +749,10 @@ def test_params_check_warns_about_inputs_not_on_disk(tmp_path, monkeypatch):
         (_set("seeds.variants.cam.cams", "cams_nowhere"), "seeds.variants.cam.cams: artifacts/cams_nowhere.zarr"),
         (_set("cams.runs.raw.method", "gradcam"), "cams.runs.raw.method: 'gradcam' is not one of: "),
         (_del("seeds.variants.crf.cams"), "seeds.variants.crf.cams: must not be null"),
-        (_set("retrain.predict.variants.sams.reads", "artifacts/segmenter"), "retrain.predict.variants.sams.reads: "),
+        (
+            _set("retrain.predict.variants.sams.reads", "artifacts/segmenter_weclip"),
+            "retrain.predict.variants.sams.reads: ",
+        ),
     ],
     ids=["unmade-read", "unknown-method", "missing-cams", "wrong-kind"],
 )

@@ -41,6 +41,8 @@ METHOD_FAMILIES = {
         "predict",
         "evaluate_predictions",
     },
+    # ExCEL retrains nothing: its adapter's head predicts
+    "excel": {"prepare", "describe", "adapt", "cams", "seeds", "evaluate", "predict", "evaluate_predictions"},
 }
 
 
@@ -133,11 +135,19 @@ def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
     """The preset with tiny models and schedules; every stage, path and method setting otherwise as the preset's."""
     clip = params["models"]["clip"]
     clip.update(model_cfg=TINY_CLIP_CFG, sha256=hashes["ViT-B-16.pt"])  # the file keeps its official name
-    for section in ("cams", "learn", "sam_masks", "retrain"):
+    for section in ("describe", "adapt", "cams", "learn", "sam_masks", "retrain"):
         params[section]["device"] = "cpu"
+    for run in params["describe"]["runs"].values():
+        run.update(n=TINY_DESCRIPTIONS, clusters=4, n_init=1)
     for run in params["cams"]["runs"].values():
         if "caa_layers" in run:
             run["caa_layers"] = 2  # the tiny CLIP has 3 blocks
+        if run["method"] == "excel_adapter":
+            run.update(input_size=64, par_iterations=2)
+    params["adapt"]["checkpoint_every"] = 2
+    for run in params["adapt"]["runs"].values():
+        run.update(svc_layers=2, caa_layers=2, iterations=2, batch_size=2, crop_size=32, warmup_iterations=1)
+        run.update(dynamic_from=1, seg_affinity_from=2, par_iterations=2, embedding_dim=32, heads=4)
     for run in params["sam_masks"]["runs"].values():
         run["sam"].update(
             model_type="custom",
@@ -157,12 +167,44 @@ def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
     for run in learn["runs"].values():
         run.update(n_ctx=2, iterations=2, stop_after=None)
     retrain = params["retrain"]
-    retrain["schedule"].update(iterations=2, batch_size=2, crop_size=48, checkpoint_every=2, warmup_iterations=1)
-    retrain["weclip_head"].update(embedding_dim=32, heads=4)
-    retrain["deeplabv3plus"].update(
-        blocks=TINY_RESNET, output_stride=16, checkpoint="checkpoints/resnet_tiny.pth", sha256=hashes["resnet_tiny.pth"]
-    )
+    retrain["checkpoint_every"] = 2
+    for run in retrain["runs"].values():
+        run["schedule"].update(iterations=2, batch_size=2, crop_size=48, warmup_iterations=1)
+        if run["network"] == "weclip_head":
+            run["weclip_head"].update(embedding_dim=32, heads=4)
+        if run["network"] == "deeplabv3plus":
+            run["deeplabv3plus"].update(
+                blocks=TINY_RESNET,
+                output_stride=16,
+                checkpoint="checkpoints/resnet_tiny.pth",
+                sha256=hashes["resnet_tiny.pth"],
+            )
+    variants = retrain["predict"]["variants"]
+    if not retrain["runs"]:  # predictions of an adapter (ExCEL): its CRF variant has every view setting of the others
+        retrain["predict"]["variants"] = {name: v for name, v in variants.items() if v["postprocess"] == "crf"}
+    for variant in retrain["predict"]["variants"].values():
+        if variant["resize"] == "square":
+            variant["input_size"] = 64
     return params
+
+
+TINY_DESCRIPTIONS = 2  # sentences per class in the descriptions file a user supplies to describe's file source
+
+
+def write_descriptions(project: Path, params: dict) -> None:
+    """The descriptions files the preset's describe runs read, as a user writes them: every class of the dataset."""
+    from wsss_core.data import COCO_CLASSES, VOC_CLASSES
+
+    class_names = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}[params["dataset"]["kind"]]
+    for run in params["describe"]["runs"].values():
+        if run["source"] != "file":
+            continue
+        sentences = {
+            name: [f"it is a {name} of kind {number}." for number in range(TINY_DESCRIPTIONS)]
+            for name in class_names[1:]  # background has no description
+        }
+        (project / run["reads"]).parent.mkdir(parents=True, exist_ok=True)
+        (project / run["reads"]).write_text(yaml.safe_dump(sentences, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -182,11 +224,16 @@ def test_preset_runs_end_to_end_on_the_users_data_and_leaves_it_untouched(name, 
     before = sha256_path(dataset)
     hashes = write_checkpoints(tmp_path / "checkpoints")
     params = tiny_run(params, hashes)
+    write_descriptions(tmp_path, params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert pipeline_problems(params, files=True, root=tmp_path) == []
 
     run = stages_run(dvc(tmp_path, "repro"))
-    assert sorted(run) == sorted(stage.name for stage in pipeline_stages(params))
+    stages = pipeline_stages(params)
+    assert sorted(run) == sorted(stage.name for stage in stages)
+    made_by = {path: stage.name for stage in stages for path in stage.writes}
+    for stage in stages:  # in data-flow order (ExCEL: describe -> adapt -> cams -> seeds, adapt -> predict)
+        assert all(run.index(made_by[path]) < run.index(stage.name) for path in stage.reads.values() if path in made_by)
     assert sha256_path(dataset) == before  # not one byte of the user's tree changed, nothing added to it
     assert not (tmp_path / "data" / "demo").exists() and not (tmp_path / "artifacts" / "demo_clip").exists()
     metrics = sorted(path.parent.name for path in (tmp_path / "metrics").glob("*/metrics.json"))

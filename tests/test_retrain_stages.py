@@ -44,9 +44,19 @@ def small_project_params() -> dict:
     from tests.conftest import small_params
 
     params = small_params()  # a 4-update schedule, a narrow WeCLIP head
-    params["retrain"]["seeds"] = "crf"  # the seeds the module's project builds (the demo trains on FMA's fine seeds)
-    params["retrain"]["deeplabv3plus"].update(blocks=[1, 1, 1, 1], output_stride=16)
-    params["retrain"]["weaktr"]["encoder_cfg"] = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    runs = params["retrain"]["runs"]
+    runs["weclip"]["seeds"] = "crf"  # the seeds the module's project builds
+    one_update = {"seeds": "crf", "schedule": {**runs["weclip"]["schedule"], "iterations": 1, "crop_size": 32}}
+    runs["deeplab"] = {
+        **one_update,
+        "network": "deeplabv3plus",
+        "deeplabv3plus": {"blocks": [1, 1, 1, 1], "output_stride": 16, "random_init": True},
+    }
+    runs["weaktr"] = {
+        **one_update,
+        "network": "weaktr",
+        "weaktr": {"encoder_cfg": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "random_init": True},
+    }
     for variant in params["retrain"]["predict"]["variants"].values():
         variant["scales"] = [1.0]  # keep the test's views few; multi-scale and flip are tested in test_segment_train
     return params
@@ -72,11 +82,15 @@ def edit_params(**retrain_changes) -> None:
 
 
 def test_retrain_predict_and_evaluate_on_the_eval_split(project):
-    run_ok("retrain")
-    curve = (project / "metrics" / "retrain" / "curve.csv").read_text().splitlines()
+    run_ok("retrain", "weclip")
+    curve = (project / "metrics" / "retrain_weclip" / "curve.csv").read_text().splitlines()
     assert curve[0] == "step,loss,lr" and len(curve) == 1 + 4
-    segmenter = read_provenance(project / "artifacts" / "segmenter")
+    segmenter = read_provenance(project / "artifacts" / "segmenter_weclip")
     assert segmenter["details"]["network"] == "weclip_head" and segmenter["details"]["split"] == "train"
+    assert segmenter["details"]["run"] == "weclip" and set(segmenter["params"]) == {
+        "retrain.runs.weclip",
+        "models.clip",
+    }
     assert set(segmenter["upstream"]) == {"seeds", "index"}
     assert "clip" in segmenter["checkpoints"]
 
@@ -87,6 +101,7 @@ def test_retrain_predict_and_evaluate_on_the_eval_split(project):
         predictions = DenseMaps(project / "artifacts" / f"predictions_{variant}.zarr", kind="labels")
         assert len(predictions) == 3  # the val split
         assert predictions.provenance["upstream"]["index"]["path"] == "artifacts/index/val.parquet"
+        assert predictions.provenance["upstream"]["segmenter"]["path"] == "artifacts/segmenter_weclip"
         for index in range(len(predictions)):
             labels = predictions[index]
             assert labels.shape == (64, 64) and labels.max() < 7  # every pixel gets one of the 7 classes
@@ -104,7 +119,7 @@ def test_retrain_predict_and_evaluate_on_the_eval_split(project):
 
 
 def test_retrain_resumes_after_a_kill_with_the_same_weights(project, monkeypatch):
-    run_ok("retrain", "--out-dir", "reference", "--curve", "reference.csv")
+    run_ok("retrain", "weclip", "--out-dir", "reference", "--curve", "reference.csv")
     expected = sha256_file(project / "reference" / "weights.safetensors")
 
     from wsss_core.segment import train as train_module
@@ -120,50 +135,63 @@ def test_retrain_resumes_after_a_kill_with_the_same_weights(project, monkeypatch
 
     monkeypatch.setattr(train_module, "make_batch", dies_at_step_three)
     with pytest.raises(Killed):
-        invoke("retrain")
-    assert not (project / "artifacts" / "segmenter").exists()  # no half artifact
+        invoke("retrain", "weclip")
+    assert not (project / "artifacts" / "segmenter_weclip").exists()  # no half artifact
     steps.clear()
     monkeypatch.setattr(
         train_module, "make_batch", lambda data, step, *args: steps.append(step) or original(data, step, *args)
     )
-    run_ok("retrain")
+    run_ok("retrain", "weclip")
     assert steps == [2, 3]  # resumed from the checkpoint written after 2 updates
-    assert sha256_file(project / "artifacts" / "segmenter" / "weights.safetensors") == expected
-    assert (project / "metrics" / "retrain" / "curve.csv").read_text() == (project / "reference.csv").read_text()
-    assert not any((project / ".wsss_scratch").glob("segmenter-*"))  # the checkpoint is dropped once committed
+    assert sha256_file(project / "artifacts" / "segmenter_weclip" / "weights.safetensors") == expected
+    curve = project / "metrics" / "retrain_weclip" / "curve.csv"
+    assert curve.read_text() == (project / "reference.csv").read_text()
+    assert not any((project / ".wsss_scratch").glob("segmenter_weclip-*"))  # the checkpoint is dropped once committed
 
 
-@pytest.mark.parametrize("network", ["deeplabv3plus", "weaktr"])
-def test_every_network_trains_and_predicts_through_params_alone(project, network):
-    edit_params(network=network, schedule__iterations=1, schedule__crop_size=32)
-    run_ok("retrain")
-    assert read_provenance(project / "artifacts" / "segmenter")["details"]["network"] == network
+@pytest.mark.parametrize(("run", "network"), [("deeplab", "deeplabv3plus"), ("weaktr", "weaktr")])
+def test_every_network_trains_and_predicts_through_params_alone(project, run, network):
+    run_ok("retrain", run)
+    assert read_provenance(project / "artifacts" / f"segmenter_{run}")["details"]["network"] == network
+    segmenter = f"artifacts/segmenter_{run}"
+    edit_params(predict__variants__plain__segmenter=segmenter, predict__variants__plain__reads=segmenter)
     run_ok("predict", "plain")
     predictions = DenseMaps(project / "artifacts" / "predictions_plain.zarr", kind="labels")
     assert all(predictions[i].shape == (64, 64) for i in range(len(predictions)))
+    assert predictions.provenance["details"]["network"] == network
 
 
 def test_errors_name_the_key(project):
-    run_ok("retrain")
-    edit_params(seeds="sam")
-    result = invoke("retrain")
+    run_ok("retrain", "weclip")
+    edit_params(runs__weclip__seeds="sam")
+    result = invoke("retrain", "weclip")
     assert result.exit_code == 1
-    assert "retrain.seeds: artifacts/seeds_sam.zarr is read by stage retrain but no stage of these params makes it" in (
-        result.output
+    assert (
+        "retrain.runs.weclip.seeds: artifacts/seeds_sam.zarr is read by stage retrain@weclip but no stage of these "
+        "params makes it" in result.output
+    )
+    edit_params(runs__weclip__seeds="crf", runs__deeplab__deeplabv3plus__random_init=False)
+    result = invoke("retrain", "deeplab")
+    assert result.exit_code == 1
+    assert "retrain.runs.deeplab.deeplabv3plus.checkpoint: no pretrained backbone weights" in result.output
+    result = invoke("retrain", "nope")
+    assert (
+        result.exit_code == 1 and "retrain.runs.nope: no such entry; defined: weclip, deeplab, weaktr" in result.output
     )
 
-    edit_params(seeds="crf", network="deeplabv3plus", deeplabv3plus__random_init=False)
-    result = invoke("retrain")
-    assert result.exit_code == 1 and "retrain.deeplabv3plus.checkpoint: no pretrained backbone weights" in result.output
-
     result = invoke("predict", "fancy")
-    assert result.exit_code == 1 and "retrain.predict.variants.fancy: no such variant" in result.output
+    assert result.exit_code == 1 and "retrain.predict.variants.fancy: no such entry" in result.output
 
     edit_params(predict__variants__plain__window=32, predict__variants__plain__stride=40)
     result = invoke("predict", "plain")
     assert (
         result.exit_code == 1 and "retrain.predict.variants.plain.stride: must lie in 1..window (32)" in result.output
     )
+    edit_params(predict__variants__crf__unflipped_scales=[1.5])
+    result = invoke("predict", "crf")
+    assert result.exit_code == 1
+    assert "retrain.predict.variants.crf.unflipped_scales: 1.5 is not one of the scales [1.0]" in result.output
+    edit_params(predict__variants__crf__unflipped_scales=[])
 
     shutil.rmtree(project / "artifacts" / "masks_felzenszwalb" / "val")
     result = invoke("predict", "sams")
@@ -174,5 +202,5 @@ def test_errors_name_the_key(project):
     params["models"]["clip"]["seed"] = 1  # another CLIP than the head was trained on
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = invoke("predict", "crf")
-    assert result.exit_code == 1 and "rerun the retrain stage or restore models.clip" in result.output
+    assert result.exit_code == 1 and "rerun its stage retrain@weclip or restore models.clip" in result.output
     assert not (project / "artifacts" / "predictions_crf.zarr").exists()

@@ -3,15 +3,14 @@ pretrained backbone weights load from a local file with their sha256, and bad fi
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from tests.conftest import TINY_CLIP_CFG
 from wsss_core.hashing import sha256_file
 from wsss_core.models.checkpoints import CheckpointError
-from wsss_core.params import defaults
+from wsss_core.params import validate_section
+from wsss_core.params.schema import NETWORK_SECTIONS
 from wsss_core.segment.networks import NETWORKS, build_network
 
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -26,7 +25,7 @@ def tiny_clip():
 
 
 def tiny_settings(name: str) -> dict:
-    settings = copy.deepcopy(defaults()["retrain"][name])
+    settings = validate_section({}, NETWORK_SECTIONS[name], name)  # the section's defaults
     if name == "deeplabv3plus":
         settings.update(blocks=TINY_RESNET, output_stride=16, random_init=True)
     if name == "weaktr":
@@ -78,8 +77,8 @@ def test_weclip_head_trains_only_the_head_on_a_frozen_clip(tiny_clip):
 def test_backbones_refuse_to_go_random_silently():
     for name in ("deeplabv3plus", "weaktr"):
         settings = {**tiny_settings(name), "random_init": False, "checkpoint": None}
-        with pytest.raises(CheckpointError, match=f"retrain.{name}.checkpoint: no pretrained backbone weights"):
-            build_network(name, settings, 3, device="cpu")
+        with pytest.raises(CheckpointError, match=f"retrain.runs.r.{name}.checkpoint: no pretrained backbone weights"):
+            build_network(name, settings, 3, device="cpu", key=f"retrain.runs.r.{name}")
 
 
 def test_deeplab_loads_torchvision_resnet_weights_with_their_sha256(tmp_path):

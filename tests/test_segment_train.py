@@ -197,6 +197,60 @@ def test_sliding_windows_and_flips_leave_a_pixelwise_network_unchanged():
         InferenceSettings(window=16, stride=0)
 
 
+class RecordingNet(torch.nn.Module):
+    """A 3x3 convolution (flipping the image changes its logits) that records the size of every batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.sizes = []
+
+    def forward(self, images):
+        self.sizes.append(tuple(images.shape[-2:]))
+        return self.conv(images)
+
+
+def excel_reference(net, image, scales, side):
+    """ExCEL's VOC inference (tools/infer_seg_voc.py), restated: square views of side * scale, the flip pair in one
+    batch, logits resized to the image and averaged per scale (scale 1.0: the unflipped view alone), then over the
+    scales; one softmax at the end."""
+    import torch.nn.functional as F
+
+    from wsss_core.segment.train import normalise
+
+    inputs = normalise(image, MEAN, STD).unsqueeze(0)
+    height, width = image.shape[:2]
+    segs = []
+    with torch.no_grad():
+        for scale in scales:
+            size = int(side * scale)
+            view = F.interpolate(inputs, size=[size, size], mode="bilinear", align_corners=False)
+            both = F.interpolate(net(torch.cat([view, view.flip(-1)])), size=(height, width), mode="bilinear")
+            segs.append(both[:1] if scale == 1.0 else (both[:1] + both[1:].flip(-1)) / 2)
+    return torch.softmax(torch.stack(segs).mean(dim=0), dim=1)[0].numpy()
+
+
+def test_excel_inference_square_views_averaged_logits_and_an_unflipped_scale():
+    net = RecordingNet().eval()
+    image = np.random.default_rng(1).integers(0, 256, size=(23, 37, 3), dtype=np.uint8)
+    settings = InferenceSettings(
+        scales=(0.75, 1.0, 1.5), flip=True, unflipped_scales=(1.0,), resize="square", input_size=32, merge="logits"
+    )
+    ours = predict_probabilities(net, image, MEAN, STD, settings, "cpu")
+    assert net.sizes == [(24, 24), (24, 24), (32, 32), (48, 48), (48, 48)]  # no mirror image at scale 1.0
+    assert ours.shape == (4, 23, 37) and np.allclose(ours.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ours, excel_reference(net, image, (0.75, 1.0, 1.5), 32), atol=1e-5)
+    softmax = predict_probabilities(
+        net, image, MEAN, STD, InferenceSettings(**{**settings.__dict__, "merge": "softmax"}), "cpu"
+    )
+    assert not np.allclose(softmax, ours, atol=1e-4)  # averaging probabilities is another thing
+    with pytest.raises(ValueError, match="resize must be one of keep_aspect, square"):
+        InferenceSettings(resize="long_side")
+    with pytest.raises(ValueError, match="merge must be one of softmax, logits"):
+        InferenceSettings(merge="max")
+
+
 def test_postprocessing_none_and_crf():
     probabilities = np.zeros((3, 8, 8), dtype=np.float32)
     probabilities[0] = 0.6

@@ -181,7 +181,8 @@ def test_caa_affinity_source_reaches_the_caa_cams_and_their_provenance(project):
     for source in ("attention", "features"):
         params = yaml.safe_load(Path("params.yaml").read_text())
         for run in params["cams"]["runs"].values():
-            run["affinity_source"] = source
+            if "affinity_source" in run:  # the trained ExCEL CAMs' CAA reads the head's affinity instead
+                run["affinity_source"] = source
         Path("params.yaml").write_text(yaml.safe_dump(params))
         run_cams()
         raw = DenseMaps(project / "artifacts" / "cams_raw.zarr", kind="cams")
@@ -207,15 +208,15 @@ def test_unknown_seed_variant_is_named(project):
     result = invoke("seeds", "sams")
     assert result.exit_code == 1
     assert (
-        "seeds.variants.sams: no such variant; defined: cam, caa, crf, excel (sams is a SAMS variant: run "
-        in result.output
+        "seeds.variants.sams: no such variant; defined: cam, caa, crf, excel, excel_adapter "
+        "(sams is a SAMS variant: run " in result.output
     )
     result = invoke("seeds", "nothing")
-    assert result.exit_code == 1 and result.output.strip().endswith("defined: cam, caa, crf, excel")
+    assert result.exit_code == 1 and result.output.strip().endswith("defined: cam, caa, crf, excel, excel_adapter")
     result = invoke("cams", "nothing")
     assert (
         result.exit_code == 1
-        and "cams.runs.nothing: no such entry; defined: raw, caa, excel, coarse, fine" in result.output
+        and "cams.runs.nothing: no such entry; defined: raw, caa, excel, excel_adapter, coarse, fine" in result.output
     )
 
 

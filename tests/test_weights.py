@@ -58,9 +58,13 @@ def _params(**changes) -> dict:
             }
         },
         "retrain": {
-            "network": "deeplabv3plus",
-            "deeplabv3plus": {"checkpoint": "checkpoints/resnet101-63fe2227.pth", "random_init": False},
-            "weaktr": {"checkpoint": "checkpoints/deit_small_patch16_224-cd65a155.pth", "random_init": False},
+            "runs": {
+                "seg": {
+                    "network": "deeplabv3plus",
+                    "deeplabv3plus": {"checkpoint": "checkpoints/resnet101-63fe2227.pth", "random_init": False},
+                    "weaktr": {"checkpoint": "checkpoints/deit_small_patch16_224-cd65a155.pth", "random_init": False},
+                }
+            }
         },
     }
     for dotted, value in changes.items():
@@ -107,7 +111,7 @@ def test_required_checkpoints_reads_each_section():
     assert [(r.key, str(r.path)) for r in required] == [
         ("models.clip.checkpoint", "checkpoints/ViT-B-16.pt"),
         ("sam_masks.runs.sam_vit_h.sam.checkpoint", "checkpoints/sam_vit_h_4b8939.pth"),
-        ("retrain.deeplabv3plus.checkpoint", "checkpoints/resnet101-63fe2227.pth"),
+        ("retrain.runs.seg.deeplabv3plus.checkpoint", "checkpoints/resnet101-63fe2227.pth"),
     ]
     assert [r.entry for r in required] == [
         CHECKPOINTS["ViT-B-16.pt"],
@@ -117,17 +121,18 @@ def test_required_checkpoints_reads_each_section():
 
 
 def test_required_checkpoints_skips_random_init_and_unused_networks():
-    assert required_checkpoints(_params(retrain__deeplabv3plus__random_init=True))[-1].key.startswith("sam_masks")
-    keys = [r.key for r in required_checkpoints(_params(retrain__network="weaktr"))]
-    assert keys[-1] == "retrain.weaktr.checkpoint"
-    keys = [r.key for r in required_checkpoints(_params(retrain__network="weclip_head", models__clip={}))]
+    random_backbone = _params(retrain__runs__seg__deeplabv3plus__random_init=True)
+    assert required_checkpoints(random_backbone)[-1].key.startswith("sam_masks")
+    keys = [r.key for r in required_checkpoints(_params(retrain__runs__seg__network="weaktr"))]
+    assert keys[-1] == "retrain.runs.seg.weaktr.checkpoint"
+    keys = [r.key for r in required_checkpoints(_params(retrain__runs__seg__network="weclip_head", models__clip={}))]
     assert keys == ["sam_masks.runs.sam_vit_h.sam.checkpoint"]
 
 
 def test_pipeline_outputs_and_custom_files_are_not_catalogue_entries():
     demo = {"checkpoint": "artifacts/demo_clip/model.safetensors", "random_init": False}
     custom = {"checkpoint": "weights/my_resnet.pth", "random_init": False, "sha256": "ab" * 32}
-    required = required_checkpoints(_params(models__clip=demo, retrain__deeplabv3plus=custom))
+    required = required_checkpoints(_params(models__clip=demo, retrain__runs__seg__deeplabv3plus=custom))
     clip, retrain = required[0], required[-1]
     assert clip.entry is None and clip.made_by_pipeline
     assert retrain.entry is None and not retrain.made_by_pipeline
@@ -143,12 +148,12 @@ def test_verify_reports_missing_files_with_key_and_url(tmp_path):
             "sam_masks.runs.h.sam.checkpoint", tmp_path / "sam_vit_h_4b8939.pth", CHECKPOINTS["sam_vit_h_4b8939.pth"]
         ),
         Required("models.clip.checkpoint", Path("artifacts/demo_clip/model.safetensors"), None),  # a stage makes it
-        Required("retrain.weaktr.checkpoint", tmp_path / "mine.pth", None),
+        Required("retrain.runs.seg.weaktr.checkpoint", tmp_path / "mine.pth", None),
     ]
     problems = verify(required)
     assert [(p.key, p.kind) for p in problems] == [
         ("sam_masks.runs.h.sam.checkpoint", "missing"),
-        ("retrain.weaktr.checkpoint", "missing"),
+        ("retrain.runs.seg.weaktr.checkpoint", "missing"),
     ]
     assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth" in problems[0].message
     assert "not in the weights catalogue" in problems[1].message
@@ -327,7 +332,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setitem(CHECKPOINTS, "w.pth", _entry())
     params = _params(
         models__clip={"checkpoint": "artifacts/demo_clip/model.safetensors", "random_init": False},
-        retrain__deeplabv3plus={"checkpoint": "checkpoints/w.pth", "random_init": False},
+        retrain__runs__seg__deeplabv3plus={"checkpoint": "checkpoints/w.pth", "random_init": False},
     )
     params["sam_masks"]["runs"] = {"vit_h": {"generator": "sam", "sam": {"checkpoint": "sam_vit_h_4b8939.pth"}}}
     loaded = []
@@ -339,7 +344,7 @@ def project(tmp_path, monkeypatch):
 def test_cli_verify_names_every_missing_file_and_fails(project):
     result = CliRunner().invoke(weights.weights_app, ["verify", "params.yaml"])
     assert result.exit_code == 1
-    assert "retrain.deeplabv3plus.checkpoint: checkpoints/w.pth is missing" in result.output
+    assert "retrain.runs.seg.deeplabv3plus.checkpoint: checkpoints/w.pth is missing" in result.output
     assert "sam_masks.runs.vit_h.sam.checkpoint: sam_vit_h_4b8939.pth is missing" in result.output
     assert CHECKPOINTS["sam_vit_h_4b8939.pth"]["url"] in result.output
     assert "models.clip.checkpoint: artifacts/demo_clip/model.safetensors: made by the pipeline" in result.output
@@ -352,7 +357,7 @@ def test_cli_verify_passes_when_files_match(project):
     (project.root / "checkpoints" / "w.pth").write_bytes(CONTENT)
     result = CliRunner().invoke(weights.weights_app, ["verify"])
     assert result.exit_code == 0, result.output
-    assert "retrain.deeplabv3plus.checkpoint: checkpoints/w.pth: ok (sha256, size)" in result.output
+    assert "retrain.runs.seg.deeplabv3plus.checkpoint: checkpoints/w.pth: ok (sha256, size)" in result.output
 
 
 def test_cli_list_shows_a_table_per_file(project):
@@ -365,7 +370,7 @@ def test_cli_list_shows_a_table_per_file(project):
     sam = next(line for line in lines if "sam_masks.runs.vit_h" in line)
     assert "2.39 GiB" in sam and "a7bf3b02f3eb..." in sam and sam.endswith("missing")
     assert next(line for line in lines if "models.clip" in line).endswith("made by the pipeline")
-    assert next(line for line in lines if "retrain.deeplabv3plus" in line).endswith("present")
+    assert next(line for line in lines if "retrain.runs.seg.deeplabv3plus" in line).endswith("present")
 
 
 def test_cli_fetch_downloads_from_the_catalogue_url(project, server):
@@ -377,7 +382,7 @@ def test_cli_fetch_downloads_from_the_catalogue_url(project, server):
     assert server.requests == ["/w/big.pth"]
 
 
-@pytest.mark.parametrize("preset", ["clip_es_voc", "clip_es_coco", "fma_wsss_voc", "fma_wsss_coco"])
+@pytest.mark.parametrize("preset", sorted(path.stem for path in (ROOT / "presets").glob("*.yaml")))
 def test_every_preset_names_official_files_of_the_catalogue(preset):
     required = weights.required_checkpoints(weights._load(ROOT / "presets" / f"{preset}.yaml"))
     names = {item.path.name for item in required}

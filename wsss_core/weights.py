@@ -136,10 +136,10 @@ def required_checkpoints(params: Mapping[str, Any]) -> list[Required]:
     for name, run in params.get("sam_masks", {}).get("runs", {}).items():
         if run.get("generator") == "sam":  # felzenszwalb runs need no weights, whatever sam.checkpoint says
             found.append(_required(f"sam_masks.runs.{name}.sam", run.get("sam", {})))
-    retrain = params.get("retrain", {})
-    network = retrain.get("network")
-    if network in ("deeplabv3plus", "weaktr"):  # weclip_head reuses the CLIP above
-        found.append(_required(f"retrain.{network}", retrain.get(network, {})))
+    for name, run in params.get("retrain", {}).get("runs", {}).items():
+        network = run.get("network")
+        if network in ("deeplabv3plus", "weaktr"):  # weclip_head reuses the CLIP above
+            found.append(_required(f"retrain.runs.{name}.{network}", run.get(network, {})))
     return [item for item in found if item is not None]
 
 

@@ -29,32 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wsss_core.cam.methods.excel import PAR_SETTINGS, TEXT_SETTINGS
 from wsss_core.params.spec import Schema, Spec
-from wsss_core.prompts.vocabulary import BACKGROUND_WORD_CHOICES, CLASS_WORD_CHOICES
 
 READS = "descriptions"  # artifacts/descriptions_<describe run>: the attribute bank (bank.zarr)
 
 SETTINGS: Schema = {
-    "class_names": Spec(
-        str,
-        "dataset",
-        "words naming the foreground classes: the dataset's names, or CLIP-ES's synonym lists (ExCEL uses them)",
-        choices=CLASS_WORD_CHOICES,
-    ),
-    "background_words": Spec(
-        str,
-        "clip_es_voc",
-        "background vocabulary (ExCEL: CLIP-ES's 25 VOC / 23 COCO words)",
-        choices=BACKGROUND_WORD_CHOICES,
-    ),
-    "template": Spec(str, "a clean origami {}.", "prompt template; {} is replaced by the class words"),
-    "attribute_top_fraction": Spec(
-        float,
-        0.9,
-        "TSE: share of the attribute bank kept per class (the lowest int((1 - x) * B) dropped)",
-        min=0.01,
-        max=1.0,
-    ),
+    **TEXT_SETTINGS,
     "svc_layers": Spec(int, 5, "SVC: the last blocks given the q-q/k-k/v-v dual path (LVC shifts all of them)", min=1),
     "caa_layers": Spec(int, 6, "CAA: the last blocks whose attention refines the CAMs into pseudo labels", min=1),
     "iterations": Spec(int, 30000, "training iterations (VOC 30k, COCO 100k)", min=1),
@@ -83,8 +64,7 @@ SETTINGS: Schema = {
     "box_threshold": Spec(float, 0.79, "CAA box threshold (times each CAM's max)", min=0.0, max=1.0),
     "reference_quirks": Spec(bool, False, "CAA boxes with the reference's 8-bit threshold and clipped box ends"),
     "background_power": Spec(float, 1.0, "pseudo labels: background score (1 - max CAM) ** power", min=0.0),
-    "par_dilations": Spec(list, [1, 2, 4, 8, 12, 24], "PAR neighbour dilations", item=int, min=1),
-    "par_iterations": Spec(int, 20, "PAR iterations", min=0),
+    **PAR_SETTINGS,
     "embedding_dim": Spec(int, 256, "WeCLIP head: width of the adapter features and transformer layers", min=8),
     "transformer_layers": Spec(int, 3, "WeCLIP head: pre-LN transformer layers", min=0),
     "heads": Spec(int, 8, "WeCLIP head: attention heads", min=1),

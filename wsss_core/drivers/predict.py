@@ -47,7 +47,7 @@ def load_segmenter(segmenter_dir: Path, clip_params: dict[str, Any], device: tor
         raise ArtifactError(f"{segmenter_dir}: not a segmenter (written by stage {provenance.get('stage')!r})")
     details = provenance["details"]
     name = details["network"]
-    settings = provenance["params"]["retrain"]
+    settings = provenance["params"][f"retrain.runs.{details['run']}"]
     clip = None
     if name in CLIP_NETWORKS:
         clip = clip_from_params(clip_params, device)
@@ -55,7 +55,7 @@ def load_segmenter(segmenter_dir: Path, clip_params: dict[str, Any], device: tor
         if recorded != canonical(clip.provenance):
             raise ArtifactError(
                 f"{segmenter_dir}: trained on CLIP {recorded}, but models.clip now loads {clip.provenance}; "
-                "rerun the retrain stage or restore models.clip"
+                f"rerun its stage retrain@{details['run']} or restore models.clip"
             )
     network = build_network(
         name, settings[name], len(details["class_names"]), clip=clip, device=device, pretrained=False
@@ -76,6 +76,9 @@ def check_prediction_settings(name: str, settings: dict[str, Any]) -> None:
     key = f"retrain.predict.variants.{name}"
     if settings["window"] and not 0 < settings["stride"] <= settings["window"]:
         raise ParamsError(f"{key}.stride: must lie in 1..window ({settings['window']}), got {settings['stride']}")
+    stray = [scale for scale in settings["unflipped_scales"] if scale not in settings["scales"]]
+    if stray:
+        raise ParamsError(f"{key}.unflipped_scales: {stray[0]} is not one of the scales {settings['scales']}")
 
 
 def write_predictions(
@@ -113,13 +116,17 @@ def write_predictions(
     inference = InferenceSettings(
         scales=tuple(settings["scales"]),
         flip=settings["flip"],
+        unflipped_scales=tuple(settings["unflipped_scales"]),
+        resize=settings["resize"],
+        input_size=settings["input_size"],
+        merge=settings["merge"],
         window=settings["window"],
         stride=settings["stride"],
-        amp=params["retrain"]["amp"],
+        amp=settings["amp"],
     )
     provenance = make_provenance(
         "predict",
-        {f"retrain.predict.variants.{name}": settings, "retrain.amp": params["retrain"]["amp"]},
+        {f"retrain.predict.variants.{name}": settings},
         upstream=upstream,
         libraries=("pydensecrf2",) if settings["postprocess"] == "crf" else (),
         details={"variant": name, "split": dataset.split, "network": segmenter_provenance["details"]["network"]},

@@ -1,9 +1,11 @@
-"""The retrain stage's work: train the chosen network on a seed artifact and write the segmenter artifact.
+"""The retrain stage's work: train one run (`retrain.runs.<name>`: a network on a seed artifact) and write its
+segmenter artifact.
 
-`artifacts/segmenter/` holds `weights.safetensors` (the trained weights; for the WeCLIP head only the head, CLIP
-being frozen and reloaded from its own recorded source) and `provenance.json` (params, the seeds and index it was
-trained on, backbone checkpoints, and the details prediction needs to rebuild the network). The loss curve goes to a
-CSV for `dvc plots`. Training resumes from `.wsss_scratch/segmenter-<hash of inputs>/` after a kill.
+`artifacts/segmenter_<name>/` holds `weights.safetensors` (the trained weights; for the WeCLIP head only the head,
+CLIP being frozen and reloaded from its own recorded source) and `provenance.json` (the run's params, the seeds and
+index it was trained on, backbone checkpoints, and the details prediction needs to rebuild the network). The loss
+curve goes to a CSV for `dvc plots` (`metrics/retrain_<name>/curve.csv`). Training resumes from
+`.wsss_scratch/segmenter_<name>-<hash of inputs>/` after a kill.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from wsss_core.store.seal import sealed_directory
 from wsss_core.store.table import ArtifactError
 
 WEIGHTS_FILE = "weights.safetensors"
-TRAINING_KEYS = ("seeds", "network", "amp", "seed", "schedule", "gradient_clipping")
 # Libraries whose versions can change a trained network: open_clip (CLIP), torchvision (ResNet), timm (ViT).
 NETWORK_LIBRARIES = {"weclip_head": ("open_clip_torch",), "deeplabv3plus": ("torchvision",), "weaktr": ("timm",)}
 
@@ -56,13 +57,6 @@ class SeedTrainingData:
         return image, labels
 
 
-def training_params(settings: dict[str, Any]) -> dict[str, Any]:
-    """The part of `retrain` that determines the trained weights: shared keys and the chosen network's section."""
-    chosen = {key: settings[key] for key in TRAINING_KEYS}
-    chosen[settings["network"]] = settings[settings["network"]]
-    return chosen
-
-
 def curve_csv(curve: list[dict[str, Any]]) -> str:
     """The loss curve as CSV text (step, loss, lr) for `dvc plots`."""
     buffer = io.StringIO()
@@ -75,6 +69,7 @@ def curve_csv(curve: list[dict[str, Any]]) -> str:
 
 def retrain(
     params: dict[str, Any],
+    run_name: str,
     artifacts_dir: Path,
     out_dir: Path,
     curve_path: Path,
@@ -82,25 +77,26 @@ def retrain(
     scratch_root: Path = DEFAULT_SCRATCH,
     on_step: Callable[[int], None] | None = None,
 ) -> Path:
-    """Train `retrain.network` on `artifacts_dir/seeds_<retrain.seeds>.zarr`; write `out_dir` and the curve CSV."""
+    """Train `retrain.runs.<run_name>` on `artifacts_dir/seeds_<its seeds>.zarr`; write `out_dir` and the curve CSV."""
     from safetensors.torch import save_file
 
     from wsss_core.data.index import read_index
     from wsss_core.drivers.evaluate import index_of_artifact
     from wsss_core.models import resolve_device
     from wsss_core.models.loading import clip_from_params
+    from wsss_core.params import require_entry
     from wsss_core.params.pipeline import CLIP_NETWORKS
     from wsss_core.segment.networks import build_network
     from wsss_core.segment.train import OptimizerSettings, TrainSettings, train
 
-    settings = params[
-        "retrain"
-    ]  # retrain.seeds names a seed stage of these params: checked on load (params/pipeline.py)
+    section, key = params["retrain"], f"retrain.runs.{run_name}"
+    # The run's seeds name a seed stage of these params: checked on load (params/pipeline.py).
+    settings = require_entry(params, "retrain.runs", run_name)
     name = settings["network"]
     network_settings = settings[name]
     schedule = settings["schedule"]
     if name == "deeplabv3plus" and schedule["batch_size"] < 2:
-        raise ParamsError("retrain.schedule.batch_size: DeepLabV3+ needs at least 2 (batch norm in ASPP pooling)")
+        raise ParamsError(f"{key}.schedule.batch_size: DeepLabV3+ needs at least 2 (batch norm in ASPP pooling)")
     seeds_path = artifacts_dir / f"seeds_{settings['seeds']}.zarr"
     seeds = DenseMaps(seeds_path, kind="labels")
     index_path = index_of_artifact(seeds)
@@ -110,13 +106,19 @@ def retrain(
         raise ArtifactError(f"{seeds_path}: class names differ from its index {index_path}")
     data = SeedTrainingData(seeds, {sample.image_id: sample for sample in dataset.samples})
 
-    device = resolve_device(settings["device"])
+    device = resolve_device(section["device"])
     clip_params = params["models"]["clip"]
     clip = clip_from_params(clip_params, device) if name in CLIP_NETWORKS else None
     network = build_network(
-        name, network_settings, len(dataset.class_names), clip=clip, device=device, seed=settings["seed"]
+        name,
+        network_settings,
+        len(dataset.class_names),
+        clip=clip,
+        device=device,
+        seed=settings["seed"],
+        key=f"{key}.{name}",
     )
-    recorded_params = {"retrain": training_params(settings)}
+    recorded_params = {key: settings}
     if clip is not None:
         recorded_params["models.clip"] = clip_params
     provenance = make_provenance(
@@ -126,6 +128,7 @@ def retrain(
         checkpoints=network.checkpoints,
         libraries=NETWORK_LIBRARIES[name],
         details={
+            "run": run_name,
             "network": name,
             "class_names": list(dataset.class_names),
             "split": dataset.split,
@@ -150,7 +153,7 @@ def retrain(
             warmup_ratio=schedule["warmup_ratio"],
             poly_power=schedule["poly_power"],
             amp=settings["amp"],
-            checkpoint_every=schedule["checkpoint_every"],
+            checkpoint_every=section["checkpoint_every"],
             seed=settings["seed"],
             loss=network_settings["loss"],
             clip_tau=clipping["tau"],

@@ -14,9 +14,15 @@ from typing import Any
 from wsss_core.cam.methods.common import INDEX
 from wsss_core.params.spec import ParamsError
 
-SEGMENTER = "artifacts/segmenter"
+# What a prediction variant's `segmenter` names: a retrain run's network, or an adapter (ExCEL's WeCLIP head).
+SEGMENTERS = ("artifacts/segmenter_", "artifacts/adapter_")
 # What demo/dvc.yaml makes: the root pipeline reaches it only through these paths in params.
 DEMO_OUTPUTS = {"data/demo": "demo/dvc.yaml:demo_data", "artifacts/demo_clip": "demo/dvc.yaml:demo_clip"}
+# A describe run's descriptions are the user's to write (or an LLM's: source openai).
+DESCRIPTIONS_HINT = (
+    "; write it (YAML or JSON: each class name of the dataset -> its n sentences; ExCEL's published "
+    "attributes_text/descriptors_*.json is such a file) or switch the run to source: openai"
+)
 # Networks whose backbone is the frozen CLIP of models.clip (the retrain and predict drivers load it for these).
 CLIP_NETWORKS = ("weclip_head",)
 
@@ -35,6 +41,15 @@ class Stage:
 def _clip_read(params: dict[str, Any]) -> dict[str, str]:
     checkpoint = params["models"]["clip"]["checkpoint"]
     return {"models.clip.checkpoint": checkpoint}
+
+
+def segmenter_needs_clip(params: dict[str, Any], segmenter: str) -> bool:
+    """Whether predicting with the artifact `segmenter` loads the CLIP of models.clip: an adapter always does, a
+    retrain run's network when it is a CLIP network, a segmenter no run of these params makes (imported) maybe."""
+    if not segmenter.startswith("artifacts/segmenter_"):
+        return True
+    run = params["retrain"]["runs"].get(segmenter.removeprefix("artifacts/segmenter_"))
+    return run is None or run["network"] in CLIP_NETWORKS
 
 
 def pipeline_stages(params: dict[str, Any]) -> list[Stage]:
@@ -73,12 +88,17 @@ def pipeline_stages(params: dict[str, Any]) -> list[Stage]:
         for name in variants:
             stages.append(Stage(f"{family}@{name}", {}, (f"metrics/seeds_{name}",), f"{key}.{name}"))
     retrain = params["retrain"]
-    clip = _clip_read(params) if retrain["network"] in CLIP_NETWORKS else {}
-    reads = {"retrain.seeds": f"artifacts/seeds_{retrain['seeds']}.zarr", **clip}
-    stages.append(Stage("retrain", reads, (SEGMENTER,), "retrain"))
+    for name, run in retrain["runs"].items():
+        clip = _clip_read(params) if run["network"] in CLIP_NETWORKS else {}
+        reads = {f"retrain.runs.{name}.seeds": f"artifacts/seeds_{run['seeds']}.zarr", **clip}
+        stages.append(Stage(f"retrain@{name}", reads, (f"artifacts/segmenter_{name}",), f"retrain.runs.{name}"))
     for name, variant in retrain["predict"]["variants"].items():
         key = f"retrain.predict.variants.{name}"
-        reads = {f"{key}.reads": variant["reads"], **clip}
+        reads = {f"{key}.segmenter": variant["segmenter"]}
+        if variant["reads"] != variant["segmenter"]:
+            reads[f"{key}.reads"] = variant["reads"]
+        if segmenter_needs_clip(params, variant["segmenter"]):
+            reads.update(_clip_read(params))
         stages.append(Stage(f"predict@{name}", reads, (f"artifacts/predictions_{name}.zarr",), key))
     for name in retrain["predict"]["variants"]:
         key = f"retrain.predict.variants.{name}"
@@ -126,14 +146,19 @@ def _kind_problems(params: dict[str, Any]) -> list[str]:
             cams = "a CAM artifact, cams_<a key of cams.runs>"
             expect(f"{family}.{name}.cams", variant["cams"], "cams_", cams, prefix=True)
     for name, variant in params["retrain"]["predict"]["variants"].items():
-        key = f"retrain.predict.variants.{name}.reads"
+        key, segmenter = f"retrain.predict.variants.{name}", variant["segmenter"]
+        what = "artifacts/segmenter_<a key of retrain.runs> or artifacts/adapter_<a key of adapt.runs>"
+        if not segmenter.startswith(SEGMENTERS):
+            problems.append(f"{key}.segmenter: {segmenter!r} is not {what}")
         if variant["postprocess"] == "sams":
-            expect(key, variant["reads"], "artifacts/masks_", "artifacts/masks_<a key of sam_masks.runs>", prefix=True)
+            masks = "artifacts/masks_<a key of sam_masks.runs>"
+            expect(f"{key}.reads", variant["reads"], "artifacts/masks_", masks, prefix=True)
             run = params["sam_masks"]["runs"].get(variant["reads"].removeprefix("artifacts/masks_"))
             if run is not None and not run["eval_split"]:
-                problems.append(f"{key}: {variant['reads']} has no eval-split masks (its eval_split is false)")
+                problems.append(f"{key}.reads: {variant['reads']} has no eval-split masks (its eval_split is false)")
         else:
-            expect(key, variant["reads"], SEGMENTER, f"{SEGMENTER} (postprocess {variant['postprocess']})")
+            what = f"{segmenter}, the variant's segmenter (postprocess {variant['postprocess']} reads nothing else)"
+            expect(f"{key}.reads", variant["reads"], segmenter, what)
     return problems
 
 
@@ -187,7 +212,8 @@ def pipeline_problems(params: dict[str, Any], *, files: bool = True, root: Path 
                 f"no {path}.dvc)"
             )
         elif files and not (root / path).exists():
-            problems.append(f"{key}: {path} (read by {by}) does not exist")
+            hint = DESCRIPTIONS_HINT if key.startswith("describe.runs.") else ""
+            problems.append(f"{key}: {path} (read by {by}) does not exist{hint}")
     return problems
 
 

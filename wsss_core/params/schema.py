@@ -216,10 +216,41 @@ def _backbone_weight_specs(what: str) -> Schema:
 
 
 PREDICTION: Schema = {
-    "scales": Spec(list, [1.0], "image scales whose softmax scores are averaged", item=float, min=0.1, max=4.0),
+    # Required, like every key dvc.yaml interpolates: DVC reads the file, not these defaults.
+    "segmenter": Spec(
+        str,
+        None,
+        "the trained model that predicts: artifacts/segmenter_<a key of retrain.runs>, or "
+        "artifacts/adapter_<a key of adapt.runs> (ExCEL: the adapter's WeCLIP head, no retraining)",
+    ),
+    "scales": Spec(list, [1.0], "image scales whose scores are averaged", item=float, min=0.1, max=4.0),
     "flip": Spec(bool, False, "also average horizontally flipped views"),
+    "unflipped_scales": Spec(
+        list,
+        [],
+        "scales whose flipped view is left out even with flip (ExCEL's VOC script: [1.0]); each scale's views are "
+        "averaged first, then the scales",
+        item=float,
+        min=0.1,
+        max=4.0,
+    ),
+    "resize": Spec(
+        str,
+        "keep_aspect",
+        "keep_aspect: a view is the image times its scale | square: a square of input_size times the scale, whatever "
+        "the aspect (ExCEL)",
+        choices=("keep_aspect", "square"),
+    ),
+    "input_size": Spec(int, 320, "resize square: the side at scale 1.0 (ExCEL: 320)", min=1),
+    "merge": Spec(
+        str,
+        "softmax",
+        "softmax: average the views' class probabilities | logits: average their logits, then one softmax (ExCEL)",
+        choices=("softmax", "logits"),
+    ),
     "window": Spec(int, 0, "sliding window side in pixels; 0 runs each view whole", min=0),
     "stride": Spec(int, 0, "sliding window stride in pixels (0 < stride <= window)", min=0),
+    "amp": Spec(bool, True, "fp16 autocast on CUDA only"),
     "postprocess": Spec(str, "none", "none (argmax) | crf | sams (SAM masks)", choices=("none", "crf", "sams")),
     "crf": CRF_KERNELS,
     "sams": {
@@ -229,39 +260,12 @@ PREDICTION: Schema = {
         str,
         None,
         "the artifact read besides the segmenter and the index: for postprocess sams the masks "
-        "(artifacts/masks_<a key of sam_masks.runs>, with its eval split); otherwise artifacts/segmenter",
+        "(artifacts/masks_<a key of sam_masks.runs>, with its eval split); otherwise the segmenter again",
     ),
 }
 
-RETRAIN: Schema = {
-    "seeds": Spec(str, "crf", "seed variant trained on: a key of seeds.variants or seeds.sams.variants"),
-    "network": Spec(
-        str,
-        "weclip_head",
-        "weclip_head (frozen CLIP) | deeplabv3plus (ResNet) | weaktr (ViT + gradient clipping)",
-        choices=("weclip_head", "deeplabv3plus", "weaktr"),
-    ),
-    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N; for training and prediction"),
-    "pinned_cpu": PINNED_CPU,
-    "amp": Spec(bool, True, "fp16 autocast (and loss scaling) on CUDA only"),
-    "seed": Spec(int, 0, "seed of new layers, batch order, augmentation and dropout", min=0),
-    "schedule": {
-        "iterations": Spec(int, 30000, "training updates", min=1),
-        "batch_size": Spec(int, 4, "images per update", min=1),
-        "crop_size": Spec(int, 320, "square training crop; smaller images are padded with ignored pixels", min=16),
-        "scale_range": Spec(
-            list, [0.5, 2.0], "random rescale before cropping", item=float, length=2, min=0.05, max=8.0
-        ),
-        "flip": Spec(bool, True, "random horizontal flips"),
-        "warmup_iterations": Spec(int, 50, "linear warm-up updates", min=0),
-        "warmup_ratio": Spec(float, 1e-6, "lr multiplier at the first warm-up update", min=0.0, max=1.0),
-        "poly_power": Spec(float, 1.0, "poly decay power after warm-up (1.0 WeCLIP, 0.9 DeepLab)", min=0.0),
-        "checkpoint_every": Spec(int, 500, "updates between resumable checkpoints", min=1),
-    },
-    "gradient_clipping": {
-        "tau": Spec(float, 1.2, "start value: clipping only once the mean CE is <= tau (WeakTr)", min=0.0),
-        "patch": Spec(int, 120, "side S of the gradient patches (pixels)", min=1),
-    },
+# Each network's section of a retrain run (`retrain.runs.<name>.<network>`), with that network's reference defaults.
+NETWORK_SECTIONS: dict[str, Schema] = {
     "weclip_head": {
         "feature_layers": Spec(
             int, None, "CLIP blocks feeding the head, the last N; null: all (12 on ViT-B/16)", nullable=True, min=1
@@ -289,6 +293,46 @@ RETRAIN: Schema = {
         "drop_path_rate": Spec(float, 0.1, "encoder stochastic depth", min=0.0, max=1.0),
         **_optimizer_specs("sgd", 1e-4, 0.1, 1.0, 0.0, True, "gradient_clipping"),
     },
+}
+
+# What decides a retrain run's weights; its network's section (the kind) comes with it.
+RETRAIN_RUN: Schema = {
+    # Required, like every key dvc.yaml interpolates: DVC reads the file, not these defaults.
+    "seeds": Spec(str, None, "seed variant trained on: a key of seeds.variants or seeds.sams.variants"),
+    "amp": Spec(bool, True, "fp16 autocast (and loss scaling) on CUDA only"),
+    "seed": Spec(int, 0, "seed of new layers, batch order, augmentation and dropout", min=0),
+    "schedule": {
+        "iterations": Spec(int, 30000, "training updates", min=1),
+        "batch_size": Spec(int, 4, "images per update", min=1),
+        "crop_size": Spec(int, 320, "square training crop; smaller images are padded with ignored pixels", min=16),
+        "scale_range": Spec(
+            list, [0.5, 2.0], "random rescale before cropping", item=float, length=2, min=0.05, max=8.0
+        ),
+        "flip": Spec(bool, True, "random horizontal flips"),
+        "warmup_iterations": Spec(int, 50, "linear warm-up updates", min=0),
+        "warmup_ratio": Spec(float, 1e-6, "lr multiplier at the first warm-up update", min=0.0, max=1.0),
+        "poly_power": Spec(float, 1.0, "poly decay power after warm-up (1.0 WeCLIP, 0.9 DeepLab)", min=0.0),
+    },
+    "gradient_clipping": {
+        "tau": Spec(float, 1.2, "start value: clipping only once the mean CE is <= tau (WeakTr)", min=0.0),
+        "patch": Spec(int, 120, "side S of the gradient patches (pixels)", min=1),
+    },
+}
+
+RETRAIN: Schema = {
+    # Section-level keys say where and how often, not what: the same for every run.
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N; for training and prediction"),
+    "pinned_cpu": PINNED_CPU,
+    "checkpoint_every": Spec(
+        int, 500, "updates between resumable checkpoints (a killed run resumes from the last)", min=1
+    ),
+    "runs": MapOf(
+        RETRAIN_RUN,
+        "segmentation networks trained on seeds; each becomes artifacts/segmenter_<name> (network: weclip_head "
+        "(frozen CLIP) | deeplabv3plus (ResNet) | weaktr (ViT + gradient clipping), with its own section)",
+        kind_key="network",
+        kinds={name: {name: section} for name, section in NETWORK_SECTIONS.items()},
+    ),
     "predict": {
         "variants": MapOf(
             PREDICTION,

@@ -115,9 +115,16 @@ def par_refine(
         )
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    weights = par_weights(images.to(maps.device), tuple(maps.shape[-2:]), dilations).unsqueeze(1)  # (B, 1, K, h, w)
+    weights = par_weights(images.to(maps.device), tuple(maps.shape[-2:]), dilations)  # (B, K, h, w)
+    weights = weights.flatten(2).unsqueeze(1)  # (B, 1, K, h*w)
     index = neighbour_index(*maps.shape[-2:], dilations, device=maps.device)
-    refined = maps.float()
+    refined = maps.float().flatten(2)  # (B, C, h*w)
+    # One neighbour at a time, accumulated in place: gathering all K neighbours at once (B, C, K, h*w) moves K times
+    # the maps through memory per iteration; this is 5x faster on a CPU (crop-size maps) and sums in another order
+    # (the reference's PAR matched within 1.4e-6 instead of 3.6e-7).
     for _ in range(iterations):
-        refined = (dilated_neighbours(refined, index=index) * weights).sum(dim=2)
-    return refined
+        accumulated = refined[..., index[0]] * weights[:, :, 0]
+        for k in range(1, index.shape[0]):
+            accumulated.addcmul_(refined[..., index[k]], weights[:, :, k])
+        refined = accumulated
+    return refined.unflatten(-1, tuple(maps.shape[-2:]))

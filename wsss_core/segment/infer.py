@@ -1,8 +1,12 @@
 """Inference of a trained segmentation network: class score maps of a whole image.
 
 Each scale (and, with `flip`, its mirror image) is run through the network, in sliding windows when it is larger
-than the window, and its logits are resized to the image; the softmax probabilities of all views are averaged.
-Within one view, overlapping windows average their logits (as Segmenter, WeakTr's base, does).
+than the window, and its logits are resized to the image. A view is the image times the scale (`keep_aspect`), or a
+square of `input_size` times the scale whatever the image's aspect (`square`, as ExCEL's inference). The views of a
+scale are averaged, then the scales: their softmax probabilities (`merge: softmax`), or their logits with one softmax
+at the end (`merge: logits`, ExCEL). `unflipped_scales` leave out the mirror image at those scales (ExCEL's VOC
+script keeps only the unflipped view at scale 1.0). Within one view, overlapping windows average their logits (as
+Segmenter, WeakTr's base, does).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ class InferenceSettings:
     window: int = 0
     stride: int = 0
     amp: bool = True
+    unflipped_scales: tuple[float, ...] = ()
+    resize: str = "keep_aspect"
+    input_size: int = 320
+    merge: str = "softmax"
 
     def __post_init__(self) -> None:
         if not self.scales or min(self.scales) <= 0:
@@ -36,6 +44,27 @@ class InferenceSettings:
             raise ValueError(
                 f"sliding window needs 0 < stride <= window, got window {self.window} stride {self.stride}"
             )
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.merge not in MERGE_MODES:
+            raise ValueError(f"merge must be one of {', '.join(MERGE_MODES)}, got {self.merge!r}")
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+
+    def view_size(self, height: int, width: int, scale: float) -> tuple[int, int]:
+        """The network input's (height, width) at `scale`; ExCEL truncates input_size * scale (int())."""
+        if self.resize == "square":
+            side = max(1, int(self.input_size * scale))
+            return side, side
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def flips(self, scale: float) -> tuple[bool, ...]:
+        """The views of `scale`: the image, and its mirror image with `flip` unless the scale is unflipped."""
+        return (False, True) if self.flip and scale not in self.unflipped_scales else (False,)
+
+
+RESIZE_MODES = ("keep_aspect", "square")
+MERGE_MODES = ("softmax", "logits")
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -72,7 +101,8 @@ def predict_probabilities(
     settings: InferenceSettings,
     device: str | torch.device,
 ) -> np.ndarray:
-    """Class probabilities (K, H, W) float32 of an RGB uint8 image (H, W, 3), averaged over scales and flips."""
+    """Class probabilities (K, H, W) float32 of an RGB uint8 image (H, W, 3) from its views (scales, flips, resizing
+    and merging as `settings` say: the module's docstring)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
     device = torch.device(device)
@@ -84,15 +114,18 @@ def predict_probabilities(
         if settings.amp and device.type == "cuda"
         else nullcontext()
     )
+    counts = [len(settings.flips(scale)) for scale in settings.scales]
+    # Every scale with as many views: one plain mean over all of them. Otherwise each scale's mean, then theirs.
+    even = len(set(counts)) == 1
     total = None
-    for scale in settings.scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    for scale, count in zip(settings.scales, counts, strict=True):
+        size = settings.view_size(height, width, scale)
         scaled = (
             tensor
             if size == (height, width)
             else F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
         )
-        for flipped in (False, True) if settings.flip else (False,):
+        for flipped in settings.flips(scale):
             view = scaled.flip(-1) if flipped else scaled
             with amp:
                 logits = sliding_logits(module, view, settings.window, settings.stride).float()
@@ -100,7 +133,11 @@ def predict_probabilities(
                 logits = logits.flip(-1)
             if logits.shape[-2:] != (height, width):
                 logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-            probabilities = logits.softmax(dim=1)[0]
-            total = probabilities if total is None else total + probabilities
-    views = len(settings.scales) * (2 if settings.flip else 1)
-    return (total / views).cpu().numpy().astype(np.float32)
+            scores = logits.softmax(dim=1)[0] if settings.merge == "softmax" else logits[0]
+            if not even:
+                scores = scores / count
+            total = scores if total is None else total + scores
+    mean = total / (sum(counts) if even else len(counts))
+    if settings.merge == "logits":
+        mean = mean.softmax(dim=0)
+    return mean.cpu().numpy().astype(np.float32)

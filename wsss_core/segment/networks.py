@@ -1,4 +1,5 @@
-"""The segmentation networks the retrain stage can train, built from their `retrain.<network>` params section.
+"""The segmentation networks the retrain stage can train, each built from its params section, the
+`retrain.runs.<run>.<network>` of a retrain run.
 
 Every network is an `nn.Module` mapping normalised images (B, 3, H, W) to class logits (B, K, H, W) for any H, W,
 with a `parameter_groups()` method that splits pretrained backbone parameters from new head parameters (they get
@@ -39,25 +40,26 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-def _pretrained_checkpoint(name: str, settings: dict[str, Any], pretrained: bool) -> str | None:
-    """The backbone weights file to load, None for random weights; refuses to go random unless asked to."""
+def _pretrained_checkpoint(key: str, settings: dict[str, Any], pretrained: bool) -> str | None:
+    """The backbone weights file to load, None for random weights; refuses to go random unless asked to. `key` is
+    the params key of the network's section, for messages."""
     if not pretrained:
         return None  # the trained weights are loaded over everything afterwards
     if settings["random_init"]:
         if settings["checkpoint"] is not None:
             raise CheckpointError(
-                f"retrain.{name}: random_init is true but checkpoint is {settings['checkpoint']!r}; choose one"
+                f"{key}: random_init is true but checkpoint is {settings['checkpoint']!r}; choose one"
             )
         return None
     if settings["checkpoint"] is None:
         raise CheckpointError(
-            f"retrain.{name}.checkpoint: no pretrained backbone weights given; set a local file (and its sha256), "
+            f"{key}.checkpoint: no pretrained backbone weights given; set a local file (and its sha256), "
             "or random_init: true to train from random weights on purpose"
         )
     return settings["checkpoint"]
 
 
-def _build_weclip_head(settings, num_classes, clip, device, pretrained, seed) -> Network:
+def _build_weclip_head(settings, num_classes, clip, device, pretrained, seed, key) -> Network:
     from wsss_core.segment.weclip_head import WeClipSegmenter
 
     if clip is None:
@@ -77,18 +79,18 @@ def _build_weclip_head(settings, num_classes, clip, device, pretrained, seed) ->
     return Network(module.to(device), tuple(clip.mean), tuple(clip.std), {"clip": clip.provenance})
 
 
-def _build_deeplabv3plus(settings, num_classes, clip, device, pretrained, seed) -> Network:
+def _build_deeplabv3plus(settings, num_classes, clip, device, pretrained, seed, key) -> Network:
     from wsss_core.segment.deeplabv3plus import DeepLabV3Plus, load_resnet_weights
 
     module = _seeded(seed, lambda: DeepLabV3Plus(num_classes, settings["blocks"], settings["output_stride"]))
-    checkpoint = _pretrained_checkpoint("deeplabv3plus", settings, pretrained)
+    checkpoint = _pretrained_checkpoint(key, settings, pretrained)
     checkpoints = {}
     if checkpoint is not None:
         checkpoints["resnet"] = load_resnet_weights(module.backbone, checkpoint, settings["sha256"]).as_dict()
     return Network(module.to(device), IMAGENET_MEAN, IMAGENET_STD, checkpoints)
 
 
-def _build_weaktr(settings, num_classes, clip, device, pretrained, seed) -> Network:
+def _build_weaktr(settings, num_classes, clip, device, pretrained, seed, key) -> Network:
     from wsss_core.segment.weaktr_decoder import WeakTrSegmenter, build_vit_encoder, load_vit_weights
 
     def build() -> nn.Module:
@@ -96,7 +98,7 @@ def _build_weaktr(settings, num_classes, clip, device, pretrained, seed) -> Netw
         return WeakTrSegmenter(encoder, num_classes, settings["decoder_layers"], settings["dropout"])
 
     module = _seeded(seed, build)
-    checkpoint = _pretrained_checkpoint("weaktr", settings, pretrained)
+    checkpoint = _pretrained_checkpoint(key, settings, pretrained)
     checkpoints = {}
     if checkpoint is not None:
         checkpoints["vit"] = load_vit_weights(module.encoder, checkpoint, settings["sha256"]).as_dict()
@@ -105,7 +107,7 @@ def _build_weaktr(settings, num_classes, clip, device, pretrained, seed) -> Netw
     return Network(module.to(device), mean, std, checkpoints)
 
 
-# name -> builder(settings, num_classes, clip, device, pretrained, seed)
+# name -> builder(settings, num_classes, clip, device, pretrained, seed, key)
 NETWORKS: dict[str, Callable[..., Network]] = {
     "weclip_head": _build_weclip_head,
     "deeplabv3plus": _build_deeplabv3plus,
@@ -122,8 +124,10 @@ def build_network(
     device: str | torch.device = "auto",
     pretrained: bool = True,
     seed: int = 0,
+    key: str | None = None,
 ) -> Network:
-    """Build network `name` (a key of NETWORKS) from its params section `settings` (retrain.<name>).
+    """Build network `name` (a key of NETWORKS) from its params section `settings` (`key`, for messages; by default
+    retrain.runs.<run>.<name> with the run left open).
 
     `clip` is the loaded CLIP for networks on frozen CLIP features. `pretrained=False` skips loading backbone
     weights (for rebuilding a trained network whose full weights are loaded next). `seed` fixes the new layers.
@@ -132,4 +136,5 @@ def build_network(
         raise ValueError(f"unknown network {name!r}; expected one of {', '.join(NETWORKS)}")
     if num_classes < 2:
         raise ValueError(f"a segmentation network needs at least 2 classes (background and one), got {num_classes}")
-    return NETWORKS[name](settings, num_classes, clip, resolve_device(device), pretrained, seed)
+    key = key if key is not None else f"retrain.runs.<run>.{name}"
+    return NETWORKS[name](settings, num_classes, clip, resolve_device(device), pretrained, seed, key)

@@ -28,7 +28,7 @@ CHECKPOINT_NAME = "last.pt"
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The schedule and augmentation of a run (params `retrain`), and the loss."""
+    """The schedule and augmentation of a run (params `retrain.runs.<run>`), and the loss."""
 
     iterations: int
     batch_size: int
@@ -48,7 +48,8 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """Optimiser (params `retrain.<network>`): base learning rate, and its multipliers for backbone and head."""
+    """Optimiser (params `retrain.runs.<run>.<network>`): base learning rate, and its multipliers for backbone and
+    head."""
 
     kind: str = "adamw"
     lr: float = 2e-4

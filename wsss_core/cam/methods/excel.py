@@ -22,7 +22,9 @@ from wsss_core.prompts.vocabulary import BACKGROUND_WORD_CHOICES, CLASS_WORD_CHO
 READS = "descriptions"
 BANK = "bank.zarr"
 
-SETTINGS: Schema = {
+# ExCEL's texts: CLIP-ES's prompt over the class words, enriched by the attribute bank (TSE). Shared with the
+# adapt stage's excel method, which trains on the same texts.
+TEXT_SETTINGS: Schema = {
     "class_names": Spec(
         str,
         "dataset",
@@ -43,6 +45,27 @@ SETTINGS: Schema = {
         min=0.01,
         max=1.0,
     ),
+}
+
+PAR_SETTINGS: Schema = {
+    "par_dilations": Spec(list, [1, 2, 4, 8, 12, 24], "PAR neighbour dilations", item=int, min=1),
+    "par_iterations": Spec(int, 20, "PAR iterations", min=0),
+}
+
+# Optional PAR refinement of stored CAMs (this method and excel_adapter).
+REFINE_SETTINGS: Schema = {
+    "refine": Spec(
+        str,
+        "none",
+        "par: PAR on [background, classes] at image size (needs store_resolution: image); stores each class's "
+        "share F / (F + B) against the refined background, so power-1 seeds give the reference's argmax",
+        choices=("none", "par"),
+    ),
+    **PAR_SETTINGS,
+}
+
+SETTINGS: Schema = {
+    **TEXT_SETTINGS,
     "svc_layers": Spec(int, 5, "SVC: the last blocks given the q-q/k-k/v-v dual path", min=1),
     "input_size": Spec(int, 320, "side of the square network input in pixels (ExCEL: 320, a 20x20 token grid)", min=1),
     "normalization": Spec(
@@ -56,15 +79,7 @@ SETTINGS: Schema = {
     **caa_settings(sinkhorn_rounds=3, box_threshold=0.79),
     "caa_layers": Spec(int, 6, "layers (the last ones) whose attention or tokens CAA uses", min=1),
     "reference_quirks": Spec(bool, False, "CAA boxes with the reference's 8-bit threshold and clipped box ends"),
-    "refine": Spec(
-        str,
-        "none",
-        "par: PAR on [background, classes] at image size (needs store_resolution: image); stores each class's "
-        "share F / (F + B) against the refined background, so power-1 seeds give the reference's argmax",
-        choices=("none", "par"),
-    ),
-    "par_dilations": Spec(list, [1, 2, 4, 8, 12, 24], "PAR neighbour dilations", item=int, min=1),
-    "par_iterations": Spec(int, 20, "PAR iterations", min=0),
+    **REFINE_SETTINGS,
 }
 
 

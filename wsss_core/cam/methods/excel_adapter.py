@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss_core.cam.methods.common import CamGenerator
+from wsss_core.cam.methods.excel import REFINE_SETTINGS
 from wsss_core.params.spec import Schema, Spec
 
 READS = "adapter"
@@ -26,15 +27,7 @@ SETTINGS: Schema = {
     "caa_layers": Spec(int, 6, "layers (the last ones) whose attention CAA uses", min=1),
     "box_threshold": Spec(float, 0.79, "CAA box mask threshold (times max)", min=0.0, max=1.0),
     "reference_quirks": Spec(bool, False, "CAA boxes with the reference's 8-bit threshold and clipped box ends"),
-    "refine": Spec(
-        str,
-        "none",
-        "par: PAR on [background, classes] at image size (needs store_resolution: image); stores each class's "
-        "share F / (F + B) against the refined background, so power-1 seeds give the reference's argmax",
-        choices=("none", "par"),
-    ),
-    "par_dilations": Spec(list, [1, 2, 4, 8, 12, 24], "PAR neighbour dilations", item=int, min=1),
-    "par_iterations": Spec(int, 20, "PAR iterations", min=0),
+    **REFINE_SETTINGS,
 }
 
 
