@@ -29,8 +29,8 @@ from wsss_core.adapter.diversity import affinity_prediction
 from wsss_core.adapter.model import IMAGENET_MEAN, IMAGENET_STD, ExcelAdapterModel
 from wsss_core.adapter.pseudo_labels import caa_transition
 from wsss_core.cam.caa import caa_refine
-from wsss_core.cam.excel.cams import FUSION_EPSILON, MINMAX_EPSILON, minmax_per_map, share_against_background
-from wsss_core.refine.par import DILATIONS, ITERATIONS, par_refine
+from wsss_core.cam.excel.cams import FUSION_EPSILON, MINMAX_EPSILON, minmax_per_map, par_class_shares
+from wsss_core.refine.par import DILATIONS, ITERATIONS
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,5 @@ class AdapterCams:
         if tuple(maps.shape[-2:]) != out_size:
             maps = F.interpolate(maps[None], size=out_size, mode="bilinear", align_corners=False)[0]
         if settings.refine == "par":
-            background = 1.0 - maps.amax(dim=0, keepdim=True)
-            scores = par_refine(
-                pixels,
-                torch.cat([background, maps])[None],
-                dilations=settings.par_dilations,
-                iterations=settings.par_iterations,
-            )[0]
-            maps = share_against_background(scores)
+            maps = par_class_shares(pixels, maps, settings.par_dilations, settings.par_iterations)
         return class_ids, maps.float().cpu()

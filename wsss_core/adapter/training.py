@@ -45,8 +45,7 @@ from wsss_core.adapter.model import IMAGENET_MEAN, IMAGENET_STD, ExcelAdapterMod
 from wsss_core.adapter.pseudo_labels import PseudoLabelSettings, Schedule, pseudo_labels
 from wsss_core.progress import progress
 from wsss_core.segment.losses import pixel_cross_entropy
-from wsss_core.segment.train import batch_indices, lr_factor, normalise
-from wsss_core.store.atomic import atomic_file
+from wsss_core.segment.train import batch_indices, lr_factor, normalise, save_checkpoint, step_seed
 
 CHECKPOINT_NAME = "last.pt"
 SEG_EPSILON = 1e-6  # get_seg_loss's guard in each term's denominator
@@ -156,10 +155,6 @@ def make_optimizer(model: ExcelAdapterModel, settings: AdaptSettings) -> torch.o
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=settings.weight_decay)
 
 
-def _step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step) % (2**63)
-
-
 def training_step(
     model: ExcelAdapterModel, images: torch.Tensor, present: list[list[int]], step: int, settings: AdaptSettings
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -228,7 +223,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * group["lr_scale"] * factor
         images, present = make_batch(data, step, settings)
-        torch.manual_seed(_step_seed(settings.seed, step))  # dropout draws of this step, the same after a resume
+        torch.manual_seed(step_seed(settings.seed, step))  # dropout draws of this step, the same after a resume
         loss, parts = training_step(model, images.to(device), present, step, settings)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -240,24 +235,11 @@ def train(
         curve.append({"iteration": step, "loss": value, **parts, "lr": settings.lr * factor})
         done = step + 1
         if done % settings.checkpoint_every == 0 or done == settings.iterations:
-            _save_checkpoint(checkpoint_path, done, model, optimizer, scaler, curve)
+            save_checkpoint(checkpoint_path, done, model, optimizer, scaler, curve)
         if on_step is not None:
             on_step(done)
     model.eval()
     return curve
-
-
-def _save_checkpoint(path: Path, step: int, model, optimizer, scaler, curve: list[dict[str, Any]]) -> None:
-    state = {
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "curve": curve,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as handle:
-        torch.save(state, handle)
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

@@ -180,7 +180,8 @@ def make_batch(
 # ----------------------------------------------------------------------------------------------------- training
 
 
-def _step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int) -> int:
+    """The torch seed of one training step (dropout draws), the same after a resume."""
     return (seed * 1_000_003 + step) % (2**63)
 
 
@@ -225,7 +226,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = optimizer_settings.lr * group["lr_scale"] * factor
         images, labels = make_batch(data, step, settings, mean, std)
-        torch.manual_seed(_step_seed(settings.seed, step))  # dropout draws of this step, the same after a resume
+        torch.manual_seed(step_seed(settings.seed, step))  # dropout draws of this step, the same after a resume
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             logits = module(images.to(device))
         loss = segmentation_loss(settings.loss, logits, labels.to(device), settings.clip_tau, settings.clip_patch)
@@ -238,14 +239,15 @@ def train(
         scaler.update()
         curve.append({"step": step + 1, "loss": loss_value, "lr": optimizer_settings.lr * factor})
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.iterations:
-            _save_checkpoint(checkpoint_path, step + 1, module, optimizer, scaler, curve)
+            save_checkpoint(checkpoint_path, step + 1, module, optimizer, scaler, curve)
         if on_step is not None:
             on_step(step + 1)
     module.eval()
     return curve
 
 
-def _save_checkpoint(path: Path, step: int, module, optimizer, scaler, curve: list[dict[str, Any]]) -> None:
+def save_checkpoint(path: Path, step: int, module, optimizer, scaler, curve: list[dict[str, Any]]) -> None:
+    """The resumable state of a training loop (model, optimizer, loss scaler, curve so far), written atomically."""
     state = {
         "step": step,
         "model": module.state_dict(),
@@ -253,5 +255,6 @@ def _save_checkpoint(path: Path, step: int, module, optimizer, scaler, curve: li
         "scaler": scaler.state_dict(),
         "curve": curve,
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as handle:
         torch.save(state, handle)

@@ -127,6 +127,14 @@ def _resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
+def par_class_shares(pixels: torch.Tensor, cams: torch.Tensor, dilations, iterations: int) -> torch.Tensor:
+    """`refine: par`: PAR on [(1 - max) background, classes] (C, H, W) at the pixels' size, stored as each class's
+    share against the refined background (power-1 seeds then give the reference's argmax)."""
+    background = 1.0 - cams.amax(dim=0, keepdim=True)
+    refined = par_refine(pixels, torch.cat([background, cams])[None], dilations=dilations, iterations=iterations)
+    return share_against_background(refined[0])
+
+
 def share_against_background(refined: Tensor) -> Tensor:
     """(1 + P, H, W) refined [background, classes] -> (P, H, W) F_c / (F_c + B), 0 where both are 0."""
     background, classes = refined[:1], refined[1:]
@@ -271,12 +279,5 @@ class ExcelCams:
             )
         cams = _resize(minmax_per_map(cams, MINMAX_EPSILON), out_size)
         if settings.refine == "par":
-            background = 1.0 - cams.amax(dim=0, keepdim=True)
-            refined = par_refine(
-                pixels,
-                torch.cat([background, cams])[None],
-                dilations=settings.par_dilations,
-                iterations=settings.par_iterations,
-            )[0]
-            cams = share_against_background(refined)
+            cams = par_class_shares(pixels, cams, settings.par_dilations, settings.par_iterations)
         return ExcelCamResult(class_ids, cams.float().cpu())
