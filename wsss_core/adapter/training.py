@@ -45,7 +45,7 @@ from wsss_core.adapter.model import IMAGENET_MEAN, IMAGENET_STD, ExcelAdapterMod
 from wsss_core.adapter.pseudo_labels import PseudoLabelSettings, Schedule, pseudo_labels
 from wsss_core.progress import progress
 from wsss_core.segment.losses import pixel_cross_entropy
-from wsss_core.segment.train import batch_indices, lr_factor, normalise, save_checkpoint, step_seed
+from wsss_core.segment.train import batch_indices, lr_factor, normalise, resume_from, save_checkpoint, step_seed
 
 CHECKPOINT_NAME = "last.pt"
 SEG_EPSILON = 1e-6  # get_seg_loss's guard in each term's denominator
@@ -209,11 +209,7 @@ def train(
     checkpoint_path = Path(work_dir) / CHECKPOINT_NAME
     start, curve = 0, []
     if checkpoint_path.is_file():
-        state = _load_checkpoint(checkpoint_path, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start, curve = int(state["step"]), [dict(row) for row in state["curve"]]
+        start, curve = resume_from(checkpoint_path, device, model, optimizer, scaler)
     model.train()
     steps = range(start, settings.iterations)
     for step in progress(steps, description, total=len(steps), unit="it"):
@@ -240,12 +236,3 @@ def train(
             on_step(done)
     model.eval()
     return curve
-
-
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    from wsss_core.models.checkpoints import CheckpointError
-
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # a torn or foreign file: say which, the user can delete it
-        raise CheckpointError(f"{path}: unreadable training checkpoint ({error}); delete it to start over") from error

@@ -213,11 +213,7 @@ def train(
     checkpoint_path = Path(work_dir) / CHECKPOINT_NAME
     start, curve = 0, []
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start, curve = int(state["step"]), list(state["curve"])
+        start, curve = resume_from(checkpoint_path, device, module, optimizer, scaler)
     module.train()
     for step in progress(range(start, settings.iterations), "retrain", total=settings.iterations - start, unit="it"):
         factor = lr_factor(
@@ -244,6 +240,20 @@ def train(
             on_step(step + 1)
     module.eval()
     return curve
+
+
+def resume_from(path: Path, device: torch.device, module, optimizer, scaler) -> tuple[int, list[dict[str, Any]]]:
+    """Load a `save_checkpoint` state into the module, optimizer and loss scaler; return (step, curve so far)."""
+    from wsss_core.models.checkpoints import CheckpointError
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # a torn or foreign file: say which, the user can delete it
+        raise CheckpointError(f"{path}: unreadable training checkpoint ({error}); delete it to start over") from error
+    module.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return int(state["step"]), [dict(row) for row in state["curve"]]
 
 
 def save_checkpoint(path: Path, step: int, module, optimizer, scaler, curve: list[dict[str, Any]]) -> None:
