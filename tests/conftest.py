@@ -55,6 +55,7 @@ def small_params() -> dict:
             {"iterations": 3, "batch_size": 2, "crop_size": 32, "warmup_iterations": 1, "embedding_dim": 32}
             | {"dynamic_from": 1, "seg_affinity_from": 2, "par_iterations": 2}
         )
+    params["cam_nets"].update({"device": "cpu", "pinned_cpu": False, "checkpoint_every": 1})
     params["cams"]["device"] = "cpu"
     for run in params["cams"]["runs"].values():
         run["caa_layers"] = 2

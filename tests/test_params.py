@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import small_params
-from wsss_core.params import ParamsError, defaults, load_params
+from wsss_core.params import ParamsError, apply_preset, defaults, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,6 +121,18 @@ def test_missing_or_malformed_file(tmp_path):
         load_params(bad)
 
 
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path):
+    # PyYAML alone keeps the last value; DVC, reading the same file, refuses it
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seeds:\n  variants:\n    cam:\n      cams: cams_raw\n      cams: cams_caa\n")
+    with pytest.raises(ParamsError, match=r"duplicate key 'cams'[\s\S]*line 5"):
+        load_params(bad)
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("dataset: {kind: voc}\ndataset: {kind: coco}\n")
+    with pytest.raises(ParamsError, match="preset.yaml: not valid YAML .*duplicate key 'dataset'"):
+        apply_preset(preset)
+
+
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
 
 
@@ -197,14 +209,17 @@ def test_preset_with_a_bad_value_names_it(tmp_path):
 
 
 def _required(schema) -> dict:
-    """The keys an entry must give itself (no default, not nullable), with a value of the right type."""
+    """The keys an entry must give itself (no default, not nullable), with a value of the right type; those of its
+    sub-sections nested (a CAM network's backbone.checkpoint)."""
     from wsss_core.params import Spec
 
-    return {
-        name: "x"
-        for name, spec in schema.items()
-        if isinstance(spec, Spec) and spec.default is None and not spec.nullable
-    }
+    required = {}
+    for name, spec in schema.items():
+        if isinstance(spec, Spec) and spec.default is None and not spec.nullable:
+            required[name] = "x"
+        elif isinstance(spec, dict) and _required(spec):
+            required[name] = _required(spec)
+    return required
 
 
 def _float_specs(schema, path=(), entries=()):
@@ -706,7 +721,9 @@ def _expected_stages(overlay: dict) -> list[str]:
         *(f"describe@{name}" for name in names("describe", "runs")),
         *(f"learn@{name}" for name in names("learn", "runs")),
         *(f"adapt@{name}" for name in names("adapt", "runs")),
+        *(f"cam_net@{name}" for name in names("cam_nets", "runs")),
         *(f"cams@{name}" for name in names("cams", "runs")),
+        *(f"net_cams@{name}" for name in names("cam_nets", "cams")),
         *(f"seeds@{name}" for name in names("seeds", "variants")),
         *(f"sams_seeds@{name}" for name in names("seeds", "sams", "variants")),
         *(f"evaluate@{name}" for name in names("seeds", "variants")),
@@ -731,7 +748,7 @@ def test_params_check_accepts_every_preset_and_lists_its_stages(preset):
     assert result.exit_code == 0, result.output
     stages = _expected_stages(yaml.safe_load(preset.read_text()))
     assert f"{preset}: OK; dvc repro runs {', '.join(stages)}\n" in result.stdout
-    assert stages[0] == "prepare" and any(stage.startswith("cams@") for stage in stages)
+    assert stages[0] == "prepare" and any(stage.startswith(("cams@", "net_cams@")) for stage in stages)
 
 
 def test_params_check_warns_about_inputs_not_on_disk(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from PIL import Image
 from tests.conftest import ROOT, TINY_CLIP_CFG
 from tests.test_dvc_pipeline import copy_pipeline, dvc, stages_run
 from tests.test_models_sam import TINY
-from tests.test_segment_networks import TINY_RESNET
+from tests.test_segment_networks import TINY_RESNET, TINY_VIT
 from wsss_core.data import generate_synthetic
 from wsss_core.hashing import sha256_file, sha256_path
 from wsss_core.params import apply_preset, load_params
@@ -43,6 +43,17 @@ METHOD_FAMILIES = {
     },
     # ExCEL retrains nothing: its adapter's head predicts
     "excel": {"prepare", "describe", "adapt", "cams", "seeds", "evaluate", "predict", "evaluate_predictions"},
+    # WeakTr loads no CLIP: its own CAM network, then the ViT segmenter
+    "weaktr": {
+        "prepare",
+        "cam_net",
+        "net_cams",
+        "seeds",
+        "evaluate",
+        "retrain",
+        "predict",
+        "evaluate_predictions",
+    },
 }
 
 
@@ -111,10 +122,12 @@ def write_coco(root: Path, source: Path) -> None:
 
 def write_checkpoints(folder: Path) -> dict[str, str]:
     """Tiny models saved as the published files are: OpenAI's CLIP state dict (half precision, with its metadata
-    entries), SAM's state dict .pth, torchvision's ResNet state dict. Returns file name -> sha256."""
+    entries), SAM's state dict .pth, torchvision's ResNet state dict, DeiT's {"model": state dict} with its
+    classifier. Returns file name -> sha256."""
     from wsss_core.models.compat import ensure_torchvision
 
     ensure_torchvision()  # before open_clip, segment-anything and torchvision are imported (see models/compat.py)
+    import timm
     from open_clip import CLIP
     from torchvision.models.resnet import Bottleneck, ResNet
 
@@ -128,6 +141,8 @@ def write_checkpoints(folder: Path) -> dict[str, str]:
     torch.save(state, folder / "ViT-B-16.pt")
     torch.save(build_sam_from_config(**TINY_SAM, seed=0, device="cpu").sam.state_dict(), folder / "sam_tiny.pth")
     torch.save(ResNet(Bottleneck, TINY_RESNET).state_dict(), folder / "resnet_tiny.pth")
+    deit = timm.create_model("deit_small_patch16_224", pretrained=False, num_classes=1000, img_size=64, **TINY_VIT)
+    torch.save({"model": deit.state_dict()}, folder / "deit_tiny.pth")
     return {path.name: sha256_file(path) for path in folder.iterdir()}
 
 
@@ -135,8 +150,13 @@ def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
     """The preset with tiny models and schedules; every stage, path and method setting otherwise as the preset's."""
     clip = params["models"]["clip"]
     clip.update(model_cfg=TINY_CLIP_CFG, sha256=hashes["ViT-B-16.pt"])  # the file keeps its official name
-    for section in ("describe", "adapt", "cams", "learn", "sam_masks", "retrain"):
+    for section in ("describe", "adapt", "cam_nets", "cams", "learn", "sam_masks", "retrain"):
         params[section]["device"] = "cpu"
+    deit = {"checkpoint": "checkpoints/deit_tiny.pth", "sha256": hashes["deit_tiny.pth"]}
+    for run in params["cam_nets"]["runs"].values():
+        run["backbone"].update(deit, overrides={**TINY_VIT, "img_size": 64})
+        run.update(epochs=2, warmup_epochs=1, batch_size=2, reduction=2)
+        run["augment"]["input_size"] = 64
     for run in params["describe"]["runs"].values():
         run.update(n=TINY_DESCRIPTIONS, clusters=4, n_init=1)
     for run in params["cams"]["runs"].values():
@@ -172,6 +192,9 @@ def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
         run["schedule"].update(iterations=2, batch_size=2, crop_size=48, warmup_iterations=1)
         if run["network"] == "weclip_head":
             run["weclip_head"].update(embedding_dim=32, heads=4)
+        if run["network"] == "weaktr":
+            run["weaktr"].update(deit, encoder_cfg=TINY_VIT)
+            run["gradient_clipping"]["patch"] = 16
         if run["network"] == "deeplabv3plus":
             run["deeplabv3plus"].update(
                 blocks=TINY_RESNET,
@@ -185,6 +208,8 @@ def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
     for variant in retrain["predict"]["variants"].values():
         if variant["resize"] == "square":
             variant["input_size"] = 64
+        if variant["window"]:
+            variant.update(window=32, stride=16)
     return params
 
 

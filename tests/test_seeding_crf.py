@@ -91,3 +91,29 @@ def test_bad_inputs_raise_clear_errors():
         crf_seeds(image, probs, [3, 3], probs[0])
     with pytest.raises(ValueError, match="bg_score"):
         crf_seeds(image, probs, [1, 2], probs[0, :-1])
+
+
+def test_label_unary_sees_only_the_argmax_at_gt_prob():
+    """WeakTr's CRF: the unary is each pixel's argmax at gt_prob and the other classes at (1 - gt_prob) / (K - 1),
+    however confident the scores were; it cleans noisy labels along colour regions too."""
+    image, truth = stripes(RED, BLUE)
+    probs = noisy_two_class_probs(truth)
+    labels, crf_probs = crf_refine(image, probs, unary="labels", gt_prob=0.7, confidence=0.0)
+    np.testing.assert_array_equal(labels, truth)
+    sharpened = np.where(probs > 0.5, 0.99, 0.01).astype(np.float32)  # same argmax, other scores: same result
+    _, same = crf_refine(image, sharpened, unary="labels", gt_prob=0.7, confidence=0.0)
+    np.testing.assert_allclose(same, crf_probs, atol=1e-6)
+    _, score_probs = crf_refine(image, sharpened, confidence=0.0)  # the default unary does see the scores
+    assert not np.allclose(score_probs, crf_probs, atol=1e-3)
+    # with one class there is nothing to decide
+    only, only_probs = crf_refine(image, probs[:1], unary="labels")
+    assert (only == 0).all() and only_probs.shape == (1, HEIGHT, WIDTH)
+
+
+def test_unknown_unary_and_gt_prob_out_of_range_are_refused():
+    image, truth = stripes(RED, BLUE)
+    probs = noisy_two_class_probs(truth)
+    with pytest.raises(ValueError, match="unary must be scores or labels, got 'soft'"):
+        crf_refine(image, probs, unary="soft")
+    with pytest.raises(ValueError, match=r"gt_prob must be in \(0, 1\), got 1.0"):
+        crf_refine(image, probs, unary="labels", gt_prob=1.0)

@@ -50,6 +50,7 @@ def _params(**changes) -> dict:
     """A params dict in the layout required_checkpoints reads, with everything that needs weights switched on."""
     params = {
         "models": {"clip": {"checkpoint": "checkpoints/ViT-B-16.pt", "sha256": None, "random_init": False}},
+        "cams": {"runs": {"caa": {"method": "clip_es"}}},  # a stage that loads the CLIP
         "sam_masks": {
             "runs": {
                 "sam_vit_h": {"generator": "sam", "sam": {"checkpoint": "checkpoints/sam_vit_h_4b8939.pth"}},
@@ -386,6 +387,13 @@ def test_cli_fetch_downloads_from_the_catalogue_url(project, server):
 def test_every_preset_names_official_files_of_the_catalogue(preset):
     required = weights.required_checkpoints(weights._load(ROOT / "presets" / f"{preset}.yaml"))
     names = {item.path.name for item in required}
+    if preset.startswith("weaktr"):  # no CLIP: DeiT-S starts both the CAM network and the segmenter
+        assert [item.key for item in required] == [
+            "cam_nets.runs.weaktr.backbone.checkpoint",
+            "retrain.runs.weaktr.weaktr.checkpoint",
+        ]
+        assert names == {"deit_small_patch16_224-cd65a155.pth"}
+        return
     expected = {"ViT-B-16.pt"} | ({"sam_vit_h_4b8939.pth", "resnet101-63fe2227.pth"} if "fma" in preset else set())
     assert names == expected
     assert all(item.entry is weights.CHECKPOINTS[item.path.name] for item in required)

@@ -130,12 +130,30 @@ def _required(key: str, section: Mapping[str, Any]) -> Required | None:
     return Required(f"{key}.checkpoint", path, CHECKPOINTS.get(path.name), section.get("sha256"))
 
 
+def _uses_clip(params: Mapping[str, Any]) -> bool:
+    """Whether a stage loads models.clip: every CLIP-based family, a CLIP head, or an adapter's predictions (WeakTr,
+    with its CAM network and ViT segmenter, loads none)."""
+    from wsss_core.params.pipeline import CLIP_NETWORKS
+
+    if any(params.get(family, {}).get("runs") for family in ("describe", "learn", "adapt", "cams")):
+        return True
+    retrain = params.get("retrain", {})
+    if any(run.get("network") in CLIP_NETWORKS for run in retrain.get("runs", {}).values()):
+        return True
+    variants = retrain.get("predict", {}).get("variants", {}).values()
+    return any(variant.get("segmenter", "").startswith("artifacts/adapter_") for variant in variants)
+
+
 def required_checkpoints(params: Mapping[str, Any]) -> list[Required]:
     """The checkpoint files a validated params dict makes the pipeline load, in pipeline order."""
-    found = [_required("models.clip", params.get("models", {}).get("clip", {}))]
+    found = []
+    if _uses_clip(params):
+        found.append(_required("models.clip", params.get("models", {}).get("clip", {})))
     for name, run in params.get("sam_masks", {}).get("runs", {}).items():
         if run.get("generator") == "sam":  # felzenszwalb runs need no weights, whatever sam.checkpoint says
             found.append(_required(f"sam_masks.runs.{name}.sam", run.get("sam", {})))
+    for name, run in params.get("cam_nets", {}).get("runs", {}).items():
+        found.append(_required(f"cam_nets.runs.{name}.backbone", run.get("backbone", {})))
     for name, run in params.get("retrain", {}).get("runs", {}).items():
         network = run.get("network")
         if network in ("deeplabv3plus", "weaktr"):  # weclip_head reuses the CLIP above

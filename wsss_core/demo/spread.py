@@ -38,7 +38,12 @@ def run_with_seed(repo: Path, seed: int, work: Path) -> dict[str, float]:
     subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), "HEAD"], check=True)
     try:
         (tree / "params.yaml").write_text(seeded_params((repo / "params.yaml").read_text(), seed))
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        # The stages must import the worktree's wsss_core, not the editable install of `repo`'s working tree
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])),
+        }
         result = subprocess.run(["dvc", "repro"], cwd=tree, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"seed {seed}: dvc repro failed in {tree}:\n{result.stdout[-2000:]}{result.stderr}")

@@ -18,14 +18,14 @@ from wsss_core.store.scratch import DEFAULT_SCRATCH
 LOSS_COLUMNS = ("loss", "seg_loss", "diversity_loss")
 
 
-def write_curves(directory: Path, curve: list[dict[str, Any]]) -> None:
-    """loss.csv and lr.csv for `dvc plots`, written atomically."""
+def write_curves(directory: Path, curve: list[dict[str, Any]], columns: tuple[str, ...] = LOSS_COLUMNS) -> None:
+    """loss.csv (iteration and `columns`) and lr.csv for `dvc plots`, written atomically."""
     from wsss_core.store.atomic import atomic_file
 
     directory.mkdir(parents=True, exist_ok=True)
     tables = {
-        "loss": ["iteration," + ",".join(LOSS_COLUMNS)]
-        + [f"{row['iteration']}," + ",".join(f"{row[name]:.8g}" for name in LOSS_COLUMNS) for row in curve],
+        "loss": ["iteration," + ",".join(columns)]
+        + [f"{row['iteration']}," + ",".join(f"{row[name]:.8g}" for name in columns) for row in curve],
         "lr": ["iteration,lr"] + [f"{row['iteration']},{row['lr']:.8g}" for row in curve],
     }
     for name, lines in tables.items():

@@ -43,15 +43,40 @@ def _sections() -> dict[str, Schema]:
     return SECTIONS
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key written twice in one mapping: PyYAML would keep the last one silently, while DVC,
+    which reads the same file for its params, refuses it."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys written next to it override, by design
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    """A params or preset file's YAML, a ParamsError naming the file and line where it is not valid."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({error})") from error
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, dict[str, Any]]:
     """Read and validate the whole params file; every section present is checked, missing ones get defaults."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML ({error})") from error
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections")
     unknown = sorted(set(raw) - set(_sections()))
@@ -85,7 +110,7 @@ def apply_preset(preset_path: str | Path) -> dict[str, dict[str, Any]]:
     preset_path = Path(preset_path)
     if not preset_path.is_file():
         raise ParamsError(f"{preset_path}: preset file not found")
-    overlay = yaml.safe_load(preset_path.read_text()) or {}
+    overlay = read_yaml(preset_path) or {}
     if not isinstance(overlay, dict):
         raise ParamsError(f"{preset_path}: expected a mapping of sections")
     unknown = sorted(set(overlay) - set(_sections()))

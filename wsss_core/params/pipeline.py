@@ -67,9 +67,15 @@ def pipeline_stages(params: dict[str, Any]) -> list[Stage]:
     for name, run in params["adapt"]["runs"].items():
         reads = {f"adapt.runs.{name}.reads": run["reads"], **_clip_read(params)}
         stages.append(Stage(f"adapt@{name}", reads, (f"artifacts/adapter_{name}",), f"adapt.runs.{name}"))
+    for name, run in params["cam_nets"]["runs"].items():
+        reads = {f"cam_nets.runs.{name}.backbone.checkpoint": run["backbone"]["checkpoint"]}
+        stages.append(Stage(f"cam_net@{name}", reads, (f"artifacts/camnet_{name}",), f"cam_nets.runs.{name}"))
     for name, run in params["cams"]["runs"].items():
         reads = {f"cams.runs.{name}.reads": run["reads"], **_clip_read(params)}
         stages.append(Stage(f"cams@{name}", reads, (f"artifacts/cams_{name}.zarr",), f"cams.runs.{name}"))
+    for name, entry in params["cam_nets"]["cams"].items():
+        reads = {f"cam_nets.cams.{name}.reads": entry["reads"]}
+        stages.append(Stage(f"net_cams@{name}", reads, (f"artifacts/cams_{name}.zarr",), f"cam_nets.cams.{name}"))
     for name, variant in seeds.items():
         reads = {f"seeds.variants.{name}.cams": f"artifacts/{variant['cams']}.zarr"}
         stages.append(Stage(f"seeds@{name}", reads, (f"artifacts/seeds_{name}.zarr",), f"seeds.variants.{name}"))
@@ -140,6 +146,9 @@ def _kind_problems(params: dict[str, Any]) -> list[str]:
             expect(key, run["reads"], INDEX, f"{INDEX} ({run['method']} reads nothing else)")
         else:
             expect(key, run["reads"], f"artifacts/{method.READS}_", f"artifacts/{method.READS}_<run>", prefix=True)
+    for name, entry in params["cam_nets"]["cams"].items():
+        key = f"cam_nets.cams.{name}.reads"
+        expect(key, entry["reads"], "artifacts/camnet_", "artifacts/camnet_<a key of cam_nets.runs>", prefix=True)
     seeds = params["seeds"]
     for family, variants in (("seeds.variants", seeds["variants"]), ("seeds.sams.variants", seeds["sams"]["variants"])):
         for name, variant in variants.items():

@@ -9,6 +9,7 @@ from wsss_core.adapter import ADAPT_METHODS
 from wsss_core.adapter import RUN as ADAPT_RUN
 from wsss_core.cam.methods import CAM_METHODS
 from wsss_core.cam.methods.common import RUN as CAM_RUN
+from wsss_core.camnet import CAM_NETS
 from wsss_core.params.spec import MapOf, Schema, Spec
 from wsss_core.prompts.vocabulary import BACKGROUND_WORD_CHOICES, CLASS_WORD_CHOICES
 
@@ -77,6 +78,13 @@ SEED_VARIANT: Schema = {
         "enabled": Spec(bool, False, "refine with a dense CRF (pydensecrf)"),
         **CRF_KERNELS,
         "confidence": Spec(float, 0.95, "pixels whose CRF probability is below this become 255", min=0.0, max=1.0),
+        "unary": Spec(
+            str,
+            "scores",
+            "scores: -log of [background, CAMs] (CLIP-ES) | labels: their argmax at probability gt_prob (WeakTr)",
+            choices=("scores", "labels"),
+        ),
+        "gt_prob": Spec(float, 0.7, "unary labels: the probability of each pixel's argmax", min=0.01, max=0.99),
     },
 }
 
@@ -495,6 +503,30 @@ ADAPT: Schema = {
 }
 
 
+CAM_NETS_SECTION: Schema = {
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N; for training and CAMs"),
+    "pinned_cpu": PINNED_CPU,
+    "checkpoint_every": Spec(int, 1, "epochs between resumable checkpoints", min=1),
+    "runs": MapOf(
+        {},
+        "CAM networks trained on the image-level labels, no CLIP (WeakTr); each becomes artifacts/camnet_<name> "
+        "(method: a key of wsss_core.camnet.CAM_NETS)",
+        kind_key="method",
+        kinds={name: module.SETTINGS for name, module in CAM_NETS.items()},
+    ),
+    "cams": MapOf(
+        {
+            # Required, like every key dvc.yaml interpolates: DVC reads the file, not these defaults.
+            "reads": Spec(str, None, "the trained network: artifacts/camnet_<a key of cam_nets.runs>"),
+        },
+        "CAM runs of trained CAM networks; each becomes artifacts/cams_<name>.zarr at image size (method: the "
+        "network's)",
+        kind_key="method",
+        kinds={name: module.CAM_SETTINGS for name, module in CAM_NETS.items()},
+    ),
+}
+
+
 # The demo's own small CLIP (open_clip's classes): 8-px patches at 64 px, average-pooled patch tokens (the embedding
 # CLIP-ES explains). Trained at 64 px and run on the demo's 128-px images through the interpolated positional embedding.
 DEMO_CLIP_CFG = {
@@ -550,6 +582,7 @@ SECTIONS: dict[str, Schema] = {
     "describe": DESCRIBE,
     "learn": LEARN,
     "adapt": ADAPT,
+    "cam_nets": CAM_NETS_SECTION,
     "cams": CAMS,
     "seeds": SEEDS,
     "retrain": RETRAIN,

@@ -47,6 +47,8 @@ def crf_refine(
     bilateral_compat: float = 4,
     iterations: int = 10,
     confidence: float = 0.95,
+    unary: str = "scores",
+    gt_prob: float = 0.7,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense CRF over class scores; returns (labels, crf_probs).
 
@@ -54,6 +56,8 @@ def crf_refine(
       image: uint8 (H, W, 3) RGB.
       probs: (K, H, W) non-negative class scores, background at index 0. They need not sum to 1: the unary is
         -log(clip(probs, 1e-5, 1)) (pydensecrf's unary_from_softmax), exactly what CLIP-ES feeds it.
+      unary: "scores" as above, or "labels": the scores' argmax given probability gt_prob and the other classes
+        the rest, equally (pydensecrf's unary_from_labels, zero_unsure false), as WeakTr refines its seeds.
       confidence: pixels whose CRF probability of the winning class is below this become 255.
 
     Returns labels (H, W) uint8 holding the argmax index 0..K-1 or 255, and crf_probs (K, H, W) float32.
@@ -68,7 +72,19 @@ def crf_refine(
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
 
-    unary = np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32)), dtype=np.float32)
+    if unary == "labels":
+        from pydensecrf.utils import unary_from_labels
+
+        if not 0.0 < gt_prob < 1.0:
+            raise ValueError(f"gt_prob must be in (0, 1), got {gt_prob}")
+        if num_classes == 1:  # nothing to decide (and pydensecrf would divide by zero)
+            return np.zeros((height, width), np.uint8), np.ones((1, height, width), np.float32)
+        energy = unary_from_labels(probs.argmax(axis=0), num_classes, gt_prob=gt_prob, zero_unsure=False)
+    elif unary == "scores":
+        energy = unary_from_softmax(probs.astype(np.float32))
+    else:
+        raise ValueError(f"unary must be scores or labels, got {unary!r}")
+    unary = np.ascontiguousarray(energy, dtype=np.float32)
     crf = dcrf.DenseCRF2D(width, height, num_classes)
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)

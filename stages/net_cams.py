@@ -1,0 +1,45 @@
+"""net_cams stage: the CAMs of a trained CAM network (`cam_nets.cams.<name>`, reading artifacts/camnet_<run>) on the
+training split -> artifacts/cams_<name>.zarr, at image size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from wsss_core.stage import run_stage
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    name: str = typer.Argument(..., help="a key of cam_nets.cams"),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params"),
+    index_dir: Path = typer.Option(Path("artifacts/index")),
+    out: Path = typer.Option(None, help="default: artifacts/cams_<name>.zarr"),
+    device: str = typer.Option(None, help="overrides cam_nets.device (auto: CUDA when present)"),
+) -> None:
+    def body(params: dict[str, Any], log: dict[str, Any]) -> None:
+        from wsss_core.params import require_entry
+
+        require_entry(params, "cam_nets.cams", name)
+        if params["cam_nets"]["pinned_cpu"]:
+            from wsss_core.pinned_cpu import pin_cpu
+
+            pin_cpu()  # before torch loads
+        from wsss_core.drivers.cam_nets import write_net_cams
+
+        if device is not None:
+            params["cam_nets"]["device"] = device
+        split = params["dataset"]["train_split"]
+        out_path = out or Path(f"artifacts/cams_{name}.zarr")
+        written = write_net_cams(name, index_dir / f"{split}.parquet", out_path, params)
+        log["artifacts"] = {"cams": str(written)}
+
+    run_stage(f"net_cams_{name}", body, params_file)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,133 @@
+"""The two CAM-network stage families (wsss_core/camnet):
+
+- `cam_net@<run>`: train `cam_nets.runs.<run>` on the training split -> artifacts/camnet_<run>/ and its curves,
+  metrics/camnet_<run>/loss.csv (iteration and the method's loss columns) and lr.csv. Training resumes from
+  `.wsss_scratch/camnet_<run>-<key>/` after a kill; the key hashes the run's params, the index's sha256 and the code.
+- `net_cams@<name>`: the CAMs of the network `cam_nets.cams.<name>.reads` names, at image size ->
+  artifacts/cams_<name>.zarr, resumable one image per chunk.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsss_core.store.scratch import DEFAULT_SCRATCH
+
+
+def train_cam_net(
+    name: str,
+    index_path: Path,
+    artifacts_dir: Path,
+    metrics_dir: Path,
+    params: dict[str, Any],
+    *,
+    scratch_root: Path = DEFAULT_SCRATCH,
+    on_step: Callable[[int], None] | None = None,
+) -> Path:
+    """Train `cam_nets.runs.<name>`; write `artifacts_dir/camnet_<name>` and the curves."""
+    from wsss_core.camnet import CAM_NETS
+    from wsss_core.camnet.artifact import STAGE, write_camnet
+    from wsss_core.data.index import read_index
+    from wsss_core.drivers.adapt import write_curves
+    from wsss_core.hashing import sha256_path
+    from wsss_core.models import resolve_device
+    from wsss_core.provenance import canonical, make_provenance
+    from wsss_core.store.scratch import artifact_lock_file, hold_lock, release_lock, resume_key
+
+    section = params["cam_nets"]
+    run, key = section["runs"][name], f"cam_nets.runs.{name}"
+    method = CAM_NETS[run["method"]]
+    dataset = read_index(index_path)
+    out = artifacts_dir / f"camnet_{name}"
+    hold_lock(artifact_lock_file(out, scratch_root), str(out))
+    inputs = {"read": {key: run}, "upstream": {"index": sha256_path(index_path)}}
+    work_dir = Path(scratch_root) / f"{out.name}-{resume_key(canonical(inputs))}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    built, curve = method.fit(
+        run,
+        dataset,
+        device=resolve_device(section["device"]),
+        work_dir=work_dir,
+        checkpoint_every=section["checkpoint_every"],
+        on_step=on_step,
+    )
+    last = curve[-1]
+    provenance = make_provenance(
+        STAGE,
+        {key: run},
+        upstream={"index": index_path},
+        checkpoints=built.checkpoints,
+        libraries=("timm", "safetensors"),
+        details={
+            "run": name,
+            "method": run["method"],
+            "class_names": list(dataset.class_names),
+            "split": dataset.split,
+            "updates": len(curve),
+            "final_loss": {column: last[column] for column in method.LOSS_COLUMNS},
+        },
+    )
+    write_camnet(out, built.network, provenance)
+    write_curves(metrics_dir / f"camnet_{name}", curve, method.LOSS_COLUMNS)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    release_lock(artifact_lock_file(out, scratch_root))
+    return out
+
+
+def write_net_cams(name: str, index_path: Path, out_path: Path, params: dict[str, Any]) -> Path:
+    """The CAMs of `cam_nets.cams.<name>` for every image of the index -> the dense CAM artifact `out_path`."""
+    from wsss_core.camnet import CAM_NETS
+    from wsss_core.camnet.artifact import load_camnet
+    from wsss_core.data.base import read_image
+    from wsss_core.data.index import read_index, read_index_hashes, read_index_sizes
+    from wsss_core.models import resolve_device
+    from wsss_core.progress import progress
+    from wsss_core.provenance import make_provenance
+    from wsss_core.store.dense import DenseMapWriter
+    from wsss_core.store.table import ArtifactError
+
+    settings, key = params["cam_nets"]["cams"][name], f"cam_nets.cams.{name}"
+    reads = Path(settings["reads"])
+    device = resolve_device(params["cam_nets"]["device"])
+    built, trained = load_camnet(reads, device)
+    if trained["details"]["method"] != settings["method"]:
+        method = trained["details"]["method"]
+        raise ArtifactError(f"{key}.reads: {reads} is a {method} network, not {settings['method']}")
+    dataset = read_index(index_path)
+    if list(trained["details"]["class_names"]) != list(dataset.class_names):
+        raise ArtifactError(
+            f"{reads}: trained for the classes {trained['details']['class_names']}, the dataset has "
+            f"{list(dataset.class_names)}"
+        )
+    size_of, image_hashes = read_index_sizes(index_path), read_index_hashes(index_path)
+    generator = CAM_NETS[settings["method"]].cam_generator(built, settings, device)
+    provenance = make_provenance(
+        "cams",
+        {key: settings},
+        upstream={"index": index_path, "camnet": reads},
+        libraries=("timm",),
+        details={"run": name, "method": settings["method"], "split": dataset.split, "resolution": "image"},
+    )
+    writer = DenseMapWriter(
+        out_path,
+        kind="cams",
+        image_ids=[sample.image_id for sample in dataset.samples],
+        sizes=np.array([size_of[sample.image_id] for sample in dataset.samples]),
+        dtype="float16",
+        channels=max(1, max(len(sample.labels) for sample in dataset.samples)),
+        class_names=dataset.class_names,
+        image_sha256=[image_hashes[sample.image_id] for sample in dataset.samples],
+        provenance=provenance,
+        extra={"resolution": "image", "patch_size": built.network.patch_size},
+    )
+    pending = writer.pending()
+    for index in progress(pending, out_path.stem, total=len(pending)):
+        sample = dataset.samples[index]
+        class_ids, maps = generator(read_image(sample.image_path), sample.labels)
+        writer.write(index, maps, classes=class_ids)
+    return writer.commit()
