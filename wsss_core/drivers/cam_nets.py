@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from wsss_core.store.scratch import DEFAULT_SCRATCH
 
 
@@ -83,12 +81,10 @@ def write_net_cams(name: str, index_path: Path, out_path: Path, params: dict[str
     """The CAMs of `cam_nets.cams.<name>` for every image of the index -> the dense CAM artifact `out_path`."""
     from wsss_core.camnet import CAM_NETS
     from wsss_core.camnet.artifact import load_camnet
-    from wsss_core.data.base import read_image
-    from wsss_core.data.index import read_index, read_index_hashes, read_index_sizes
+    from wsss_core.data.index import read_index
+    from wsss_core.drivers.cams import write_cam_maps
     from wsss_core.models import resolve_device
-    from wsss_core.progress import progress
     from wsss_core.provenance import make_provenance
-    from wsss_core.store.dense import DenseMapWriter
     from wsss_core.store.table import ArtifactError
 
     settings, key = params["cam_nets"]["cams"][name], f"cam_nets.cams.{name}"
@@ -104,7 +100,6 @@ def write_net_cams(name: str, index_path: Path, out_path: Path, params: dict[str
             f"{reads}: trained for the classes {trained['details']['class_names']}, the dataset has "
             f"{list(dataset.class_names)}"
         )
-    size_of, image_hashes = read_index_sizes(index_path), read_index_hashes(index_path)
     generator = CAM_NETS[settings["method"]].cam_generator(built, settings, device)
     provenance = make_provenance(
         "cams",
@@ -113,21 +108,12 @@ def write_net_cams(name: str, index_path: Path, out_path: Path, params: dict[str
         libraries=("timm",),
         details={"run": name, "method": settings["method"], "split": dataset.split, "resolution": "image"},
     )
-    writer = DenseMapWriter(
+    return write_cam_maps(
         out_path,
-        kind="cams",
-        image_ids=[sample.image_id for sample in dataset.samples],
-        sizes=np.array([size_of[sample.image_id] for sample in dataset.samples]),
-        dtype="float16",
-        channels=max(1, max(len(sample.labels) for sample in dataset.samples)),
-        class_names=dataset.class_names,
-        image_sha256=[image_hashes[sample.image_id] for sample in dataset.samples],
-        provenance=provenance,
-        extra={"resolution": "image", "patch_size": built.network.patch_size},
+        index_path,
+        dataset,
+        provenance,
+        patch_size=built.network.patch_size,
+        resolution="image",
+        cams_of=lambda image, labels, _size: generator(image, labels),  # already at image size
     )
-    pending = writer.pending()
-    for index in progress(pending, out_path.stem, total=len(pending)):
-        sample = dataset.samples[index]
-        class_ids, maps = generator(read_image(sample.image_path), sample.labels)
-        writer.write(index, maps, classes=class_ids)
-    return writer.commit()
