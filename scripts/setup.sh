@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv in the repository and installs wsss-core with every optional part.
+# Creates .venv in the repository and installs wsss-core with every optional part (Ray too: the tests run its engine).
 # torch is installed first and pinned (constraints.txt): on a machine without CUDA this keeps the
 # CPU wheel; left unpinned, open_clip_torch's resolution pulls a multi-GB CUDA build.
 set -euo pipefail
@@ -23,6 +23,6 @@ pip_install() {
 }
 pip_install --upgrade pip "setuptools>=77" wheel
 pip_install -c constraints.txt torch
-pip_install -c constraints.txt -e ".[all,dev]"
+pip_install -c constraints.txt -e ".[all,ray,dev]"
 cat pyproject.toml constraints.txt > .venv/.installed
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

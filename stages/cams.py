@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from wsss_core.stage import run_stage
+from wsss_core.stage import ADDRESS_OPTION, ENGINE_OPTION, apply_engine_options, run_stage
 
 app = typer.Typer(add_completion=False)
 
@@ -20,12 +20,15 @@ def main(
     index_dir: Path = typer.Option(Path("artifacts/index")),
     out: Path = typer.Option(None, help="default: artifacts/cams_<name>.zarr"),
     device: str = typer.Option(None, help="overrides cams.device (auto: CUDA when present)"),
+    engine: str = ENGINE_OPTION,
+    address: str = ADDRESS_OPTION,
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
         from wsss_core.drivers.cams import write_cams
         from wsss_core.params import require_entry
 
         require_entry(params, "cams.runs", name)
+        apply_engine_options(params, engine, address)
         if device is not None:
             params["cams"]["device"] = device
         split = params["dataset"]["train_split"]

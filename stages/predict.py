@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from wsss_core.stage import run_stage
+from wsss_core.stage import ADDRESS_OPTION, ENGINE_OPTION, apply_engine_options, run_stage
 
 app = typer.Typer(add_completion=False)
 
@@ -22,11 +22,14 @@ def main(
     segmenter: Path = typer.Option(None, help="default: the variant's segmenter"),
     artifacts: Path = typer.Option(Path("artifacts")),
     device: str = typer.Option(None, help="overrides retrain.device (auto: CUDA when present)"),
+    engine: str = ENGINE_OPTION,
+    address: str = ADDRESS_OPTION,
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
         from wsss_core.params import require_entry
 
         variant = require_entry(params, "retrain.predict.variants", name)
+        apply_engine_options(params, engine, address)
         if params["retrain"]["pinned_cpu"]:
             from wsss_core.pinned_cpu import pin_cpu
 

@@ -1,4 +1,4 @@
-"""Mask records in parquet: round trips, the split directory, resumable and sharded writing, provenance checks."""
+"""Mask records in parquet: round trips, the split directory, resumable writing in any order, provenance checks."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from wsss_core.masks.records import (
     records_to_table,
 )
 from wsss_core.masks.rle import encode_coco, runs_from_dense
-from wsss_core.masks.writer import MaskWriter, default_part_images, parse_shard
+from wsss_core.masks.writer import MaskWriter, default_part_images
 from wsss_core.provenance import make_provenance
 from wsss_core.store.table import ArtifactError
 
@@ -137,18 +137,19 @@ def test_resume_after_a_kill_gives_the_same_bytes(tmp_path):
     assert sha256_path(second.commit_into(tmp_path / "train")) == expected
 
 
-def test_shards_take_parts_round_robin_and_merge_to_the_same_bytes(tmp_path):
+def test_images_in_any_order_give_the_same_bytes_and_unfinished_parts_are_refused(tmp_path):
     reference = writer_for(tmp_path / "one")
     fill(reference, reference.pending())
     expected = sha256_path(reference.commit_into(tmp_path / "one" / "train"))
 
-    shard_0, shard_1 = writer_for(tmp_path), writer_for(tmp_path)
-    assert shard_0.pending(parse_shard("0/2")) == [0, 1, 4] and shard_1.pending(parse_shard("1/2")) == [2, 3]
-    fill(shard_1, shard_1.pending((1, 2)))
-    with pytest.raises(ArtifactError, match=r"2 of 3 parts unfinished \(first: part 0, image 'img0'\)"):
+    writer = writer_for(tmp_path)
+    fill(writer, [4, 2, 3])  # an engine's workers finish images out of order: part 1 (2, 3) and part 2 (4)
+    with pytest.raises(ArtifactError, match=r"1 of 3 parts unfinished \(first: part 0, image 'img0'\)"):
         writer_for(tmp_path).commit_into(tmp_path / "early")
-    fill(shard_0, shard_0.pending((0, 2)))
-    assert sha256_path(writer_for(tmp_path).commit_into(tmp_path / "train")) == expected
+    resumed = writer_for(tmp_path)
+    assert resumed.pending() == [0, 1]
+    fill(resumed, [1, 0])
+    assert sha256_path(resumed.commit_into(tmp_path / "train")) == expected
 
 
 def test_other_params_use_another_scratch_directory(tmp_path):
@@ -173,12 +174,6 @@ def test_masks_are_checked_against_the_dataset(tmp_path):
         mask_set.check_images(["img0", "img1"], [hashes[0], "f" * 64], "index.parquet")
     with pytest.raises(ArtifactError, match="no masks for image 'img9' of index.parquet"):
         mask_set.check_images(["img9"], [hashes[0]], "index.parquet")
-
-
-@pytest.mark.parametrize(("text", "message"), [("1/1", "need 0 <= I < N"), ("a/2", "must look like I/N")])
-def test_bad_shards_are_named(text, message):
-    with pytest.raises(ValueError, match=message):
-        parse_shard(text)
 
 
 def test_part_size_defaults():

@@ -1,4 +1,4 @@
-"""The sam_masks and SAMS seeds stages through their scripts: outputs, kill/resume, shards, SAM weights, refusals."""
+"""The sam_masks and SAMS seeds stages through their scripts: outputs, kill/resume, SAM weights, refusals."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_felzenszwalb_masks_for_both_splits_with_provenance_and_pictures(prepare
         "part-00002.parquet",
     ]
     assert train.provenance["params"]["sam_masks"]["generator"] == "felzenszwalb"
-    assert "device" not in train.provenance["params"]["sam_masks"]  # shards may run on different devices
+    assert "device" not in train.provenance["params"]["sam_masks"]  # an engine's workers may run on different devices
     assert train.provenance["details"]["split"] == "train"
     image_id = train.image_ids[0]
     masks = train.read(image_id, kept_only=False)
@@ -116,24 +116,9 @@ def test_a_kill_and_a_rerun_give_the_bytes_of_an_uninterrupted_run(prepared, cou
     assert sha256_path(prepared / MASKS) == expected
 
 
-def test_shards_and_a_merge_give_the_bytes_of_one_run(prepared, count_calls):
-    train_split_only()
-    run_ok("sam_masks", RUN, "--out", "reference")
-    expected = sha256_path(prepared / "reference")
-    count_calls.update(n=0)
-    result = run_ok("sam_masks", RUN, "--shard", "1/2")
-    assert count_calls["n"] == 2 and not (prepared / MASKS).exists()  # part 1 only; no artifact
-    assert f"merge with `python stages/sam_masks.py {RUN} --merge`" in result.output
-    result = invoke("sam_masks", RUN, "--merge")
-    assert result.exit_code == 1
-    assert "2 of 3 parts unfinished (first: part 0, image 'syn_000001')" in result.output
-    run_ok("sam_masks", RUN, "--shard", "0/2")
-    assert count_calls["n"] == 2 + 4  # parts 0 and 2
-    run_ok("sam_masks", RUN, "--merge")
-    assert count_calls["n"] == 6  # the merge computes nothing
-    assert sha256_path(prepared / MASKS) == expected
-    result = invoke("sam_masks", RUN, "--shard", "2/2")
-    assert result.exit_code == 1 and "--shard: shard '2/2': need 0 <= I < N" in result.output
+def test_an_unknown_engine_is_refused_by_name(prepared):
+    result = invoke("sam_masks", RUN, "--engine", "spark")
+    assert result.exit_code == 1 and "--engine: 'spark' is not an engine; choose from local, ray" in result.output
 
 
 def test_sam_weights_from_a_file_with_their_hash_in_provenance(prepared):

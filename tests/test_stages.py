@@ -17,8 +17,8 @@ from wsss_core.hashing import sha256_path
 from wsss_core.store import DenseMaps
 
 
-class Killed(Exception):
-    """Stands for the process being killed part-way through a stage."""
+class Killed(BaseException):
+    """Stands for the process being killed part-way through a stage: like a signal, no `except Exception` sees it."""
 
 
 def stage(name: str):

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "img") -> Iterator[T]:
+def progress_bar(desc: str, total: int | None = None, unit: str = "img") -> Any:
+    """A tqdm bar updated by hand (images done, rate, ETA); the caller closes it."""
     from tqdm import tqdm
 
-    yield from tqdm(items, desc=desc, total=total, unit=unit, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    return tqdm(desc=desc, total=total, unit=unit, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "img") -> Iterator[T]:
+    bar = progress_bar(desc, total, unit)
+    try:
+        for item in items:
+            yield item
+            bar.update()
+    finally:
+        bar.close()

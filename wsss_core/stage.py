@@ -21,6 +21,23 @@ if hasattr(errno, "EDQUOT"):  # not on Windows
     _DISK_FULL[errno.EDQUOT] = "disk quota exceeded"
 
 
+# The per-image stages' engine options (wsss_core/engine), one definition for all of them.
+ENGINE_OPTION = typer.Option(None, "--engine", help="overrides engine.kind: local | ray")
+ADDRESS_OPTION = typer.Option(None, "--address", help="overrides engine.ray.address: local | auto | HOST:PORT")
+
+
+def apply_engine_options(params: dict[str, Any], engine: str | None, address: str | None) -> None:
+    """Write the --engine and --address options over the params' engine section."""
+    from wsss_core.params.schema import ENGINE
+
+    if engine is not None:
+        if engine not in ENGINE["kind"].choices:
+            raise ParamsError(f"--engine: {engine!r} is not an engine; choose from {', '.join(ENGINE['kind'].choices)}")
+        params["engine"]["kind"] = engine
+    if address is not None:
+        params["engine"]["ray"]["address"] = address
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input (params, data, artifacts, checkpoints), not by a bug in the code."""
     from wsss_core.data.base import DatasetError

@@ -33,6 +33,14 @@ def write_camnet(out_dir: Path, network, provenance: dict[str, Any]) -> Path:
     return out_dir
 
 
+def read_camnet_provenance(directory: Path) -> dict[str, Any]:
+    """The provenance of the CAM network artifact `directory`; refuses any other artifact."""
+    provenance = read_provenance(directory)
+    if provenance.get("stage") != STAGE:
+        raise ArtifactError(f"{directory}: not a CAM network artifact (written by stage {provenance.get('stage')!r})")
+    return provenance
+
+
 def load_camnet(directory: Path, device) -> tuple[Any, dict[str, Any]]:
     """(the method's Built with the trained network in eval mode on `device`, the artifact's provenance)."""
     from safetensors.torch import load_file
@@ -40,9 +48,7 @@ def load_camnet(directory: Path, device) -> tuple[Any, dict[str, Any]]:
     from wsss_core.camnet import CAM_NETS
 
     directory = Path(directory)
-    provenance = read_provenance(directory)
-    if provenance.get("stage") != STAGE:
-        raise ArtifactError(f"{directory}: not a CAM network artifact (written by stage {provenance.get('stage')!r})")
+    provenance = read_camnet_provenance(directory)
     details = provenance["details"]
     run = provenance["params"][f"cam_nets.runs.{details['run']}"]
     method = CAM_NETS[details["method"]]

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from wsss_core.store.scratch import DEFAULT_SCRATCH
 
@@ -77,20 +80,44 @@ def train_cam_net(
     return out
 
 
+@dataclass(frozen=True)
+class NetCamJob:
+    """The CAMs of the trained CAM network in `reads` with a `cam_nets.cams` entry's settings."""
+
+    settings: dict[str, Any]
+    reads: Path
+
+    def build(self, device: str) -> _NetCamWorker:
+        from wsss_core.camnet import CAM_NETS
+        from wsss_core.camnet.artifact import load_camnet
+        from wsss_core.models import resolve_device
+
+        torch_device = resolve_device(device)
+        built, _ = load_camnet(self.reads, torch_device)
+        return _NetCamWorker(CAM_NETS[self.settings["method"]].cam_generator(built, self.settings, torch_device), built)
+
+
+class _NetCamWorker:
+    def __init__(self, generator, built) -> None:
+        self.generator = generator
+        self.details = {"patch_size": built.network.patch_size}
+
+    def __call__(self, item: tuple[np.ndarray, list[int], tuple[int, int]]) -> tuple[list[int], np.ndarray]:
+        image, labels, _size = item
+        return self.generator(image, labels)  # already at image size
+
+
 def write_net_cams(name: str, index_path: Path, out_path: Path, params: dict[str, Any]) -> Path:
     """The CAMs of `cam_nets.cams.<name>` for every image of the index -> the dense CAM artifact `out_path`."""
-    from wsss_core.camnet import CAM_NETS
-    from wsss_core.camnet.artifact import load_camnet
+    from wsss_core.camnet.artifact import read_camnet_provenance
     from wsss_core.data.index import read_index
     from wsss_core.drivers.cams import write_cam_maps
-    from wsss_core.models import resolve_device
     from wsss_core.provenance import make_provenance
     from wsss_core.store.table import ArtifactError
 
     settings, key = params["cam_nets"]["cams"][name], f"cam_nets.cams.{name}"
     reads = Path(settings["reads"])
-    device = resolve_device(params["cam_nets"]["device"])
-    built, trained = load_camnet(reads, device)
+    trained = read_camnet_provenance(reads)
     if trained["details"]["method"] != settings["method"]:
         method = trained["details"]["method"]
         raise ArtifactError(f"{key}.reads: {reads} is a {method} network, not {settings['method']}")
@@ -100,7 +127,6 @@ def write_net_cams(name: str, index_path: Path, out_path: Path, params: dict[str
             f"{reads}: trained for the classes {trained['details']['class_names']}, the dataset has "
             f"{list(dataset.class_names)}"
         )
-    generator = CAM_NETS[settings["method"]].cam_generator(built, settings, device)
     provenance = make_provenance(
         "cams",
         {key: settings},
@@ -112,8 +138,9 @@ def write_net_cams(name: str, index_path: Path, out_path: Path, params: dict[str
         out_path,
         index_path,
         dataset,
-        provenance,
-        patch_size=built.network.patch_size,
+        NetCamJob(settings, reads),
+        engine=params["engine"],
+        device=params["cam_nets"]["device"],
         resolution="image",
-        cams_of=lambda image, labels, _size: generator(image, labels),  # already at image size
+        provenance_of=lambda _details: provenance,
     )

@@ -2,13 +2,14 @@
 
 Writes `out_dir/<split>/` (see records.py) for the training split and, with the run's `eval_split`, the evaluation
 split (retraining's SAMS post-processing uses those). The provenance of each split records the params that shape
-the masks -- not the device, which may differ between the processes of a sharded run -- the SAM checkpoint's
+the masks -- not the device, which may differ between the workers of an engine -- the SAM checkpoint's
 sha256 and the dataset index, whose per-image hashes are copied into images.parquet so that a team importing the
 masks can check them against its own data.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ import numpy as np
 from wsss_core.masks.records import records_to_table
 from wsss_core.masks.writer import MaskWriter, default_part_images
 from wsss_core.params import ParamsError
-from wsss_core.progress import progress
 from wsss_core.provenance import make_provenance
 from wsss_core.store.atomic import atomic_directory
 from wsss_core.store.dense import DEFAULT_SCRATCH
@@ -135,24 +135,44 @@ def _writer_for(split: str, index_path: Path, settings: dict[str, Any], checkpoi
     )
 
 
+@dataclass(frozen=True)
+class MaskJob:
+    """A sam_masks run's generator (SAM with FMA-WSSS's changes, or Felzenszwalb): image -> mask records."""
+
+    settings: dict[str, Any]
+
+    def build(self, device: str) -> _MaskWorker:
+        return _MaskWorker(load_generator(self.settings, device))
+
+
+class _MaskWorker:
+    details: dict[str, Any] = {}  # the checkpoint's record is taken before any model is built
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+
+    def __call__(self, item: tuple[str, np.ndarray]):
+        image_id, image = item
+        return records_to_table(image_id, self.generator.generate(image))
+
+
 def generate_masks(
     index_dir: Path,
     out_dir: Path,
     dataset: dict[str, Any],
     settings: dict[str, Any],
     device: str,
+    engine: dict[str, Any],
     *,
-    shard: tuple[int, int] | None = None,
-    merge_only: bool = False,
     scratch_root: Path = DEFAULT_SCRATCH,
     key: str = "sam_masks.runs.<run>",
-) -> Path | None:
+) -> Path:
     """Compute the masks of one run (`settings`: a sam_masks.runs entry) still missing for the splits of `dataset`
-    (the dataset params section) and write `out_dir`; returns None for a shard (which leaves its work in the scratch
-    directory for the merge). merge_only: compute nothing, fail if any shard's work is missing. `key`: the run's
-    params key, named in errors."""
+    (the dataset params section) on the engine `engine` (the params' engine section) and write `out_dir`. `key`: the
+    run's params key, named in errors."""
     from wsss_core.data.base import DatasetError, read_image
     from wsss_core.data.index import read_index
+    from wsss_core.engine import open_engine
     from wsss_core.hashing import sha256_file
 
     checkpoints = (
@@ -163,27 +183,23 @@ def generate_masks(
         index_path = index_dir / f"{split}.parquet"
         writers[split] = _writer_for(split, index_path, settings, checkpoints, scratch_root)
 
-    generator = None
-    for split, writer in writers.items():
-        pending = [] if merge_only else writer.pending(shard)
-        if not pending:
-            continue
-        if generator is None:
-            generator = load_generator(settings, device)
-        samples = read_index(index_dir / f"{split}.parquet").samples
-        label = f"sam_masks {split}" + (f" shard {shard[0]}/{shard[1]}" if shard else "")
-        for index in progress(pending, label, total=len(pending)):
-            sample = samples[index]
-            if sha256_file(sample.image_path) != writer.image_sha256[index]:
-                raise DatasetError(f"{sample.image_path}: changed since the index was built; rerun prepare")
-            image = read_image(sample.image_path)
-            if image.shape[:2] != tuple(writer.sizes[index]):
-                raise DatasetError(
-                    f"{sample.image_path}: is {image.shape[:2]}, the index says {tuple(writer.sizes[index])}"
-                )
-            writer.write(index, records_to_table(sample.image_id, generator.generate(image)))
-    if shard is not None:
-        return None
+    if any(writer.pending() for writer in writers.values()):
+        with open_engine(engine, MaskJob(settings), device, "sam_masks") as running:
+            for split, writer in writers.items():
+                samples = read_index(index_dir / f"{split}.parquet").samples
+
+                def load(index: int, writer=writer, samples=samples) -> tuple[str, np.ndarray]:
+                    sample = samples[index]
+                    if sha256_file(sample.image_path) != writer.image_sha256[index]:
+                        raise DatasetError(f"{sample.image_path}: changed since the index was built; rerun prepare")
+                    image = read_image(sample.image_path)
+                    if image.shape[:2] != tuple(writer.sizes[index]):
+                        raise DatasetError(
+                            f"{sample.image_path}: is {image.shape[:2]}, the index says {tuple(writer.sizes[index])}"
+                        )
+                    return sample.image_id, image
+
+                running.run(writer.pending(), load, writer.write, writer.image_ids)
 
     with atomic_directory(out_dir) as building:
         for split, writer in writers.items():

@@ -7,6 +7,7 @@ and, for SAMS, the mask records used.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import torch
 from wsss_core.audit import read_provenance
 from wsss_core.data.base import read_image
 from wsss_core.params import ParamsError
-from wsss_core.progress import progress
 from wsss_core.provenance import canonical, make_provenance
 from wsss_core.segment.networks import Network
 from wsss_core.store.dense import DenseMapWriter
@@ -81,6 +81,60 @@ def check_prediction_settings(name: str, settings: dict[str, Any]) -> None:
         raise ParamsError(f"{key}.unflipped_scales: {stray[0]} is not one of the scales {settings['scales']}")
 
 
+@dataclass(frozen=True)
+class PredictJob:
+    """The trained segmenter in `segmenter_dir` with one prediction variant's inference and post-processing."""
+
+    segmenter_dir: Path
+    clip_params: dict[str, Any]
+    settings: dict[str, Any]
+
+    def build(self, device: str) -> _PredictWorker:
+        from wsss_core.models import resolve_device
+
+        torch_device = resolve_device(device)
+        network, _ = load_segmenter(self.segmenter_dir, self.clip_params, torch_device)
+        return _PredictWorker(network, self.settings, torch_device)
+
+
+class _PredictWorker:
+    details: dict[str, Any] = {}  # the segmenter is named by its artifact, which the provenance lists upstream
+
+    def __init__(self, network: Network, settings: dict[str, Any], device: torch.device) -> None:
+        from wsss_core.segment.infer import InferenceSettings
+
+        self.network, self.settings, self.device = network, settings, device
+        self.inference = InferenceSettings(
+            scales=tuple(settings["scales"]),
+            flip=settings["flip"],
+            unflipped_scales=tuple(settings["unflipped_scales"]),
+            resize=settings["resize"],
+            input_size=settings["input_size"],
+            merge=settings["merge"],
+            window=settings["window"],
+            stride=settings["stride"],
+            amp=settings["amp"],
+        )
+
+    def __call__(self, item: tuple[np.ndarray, Any]) -> np.ndarray:
+        from wsss_core.segment.infer import predict_probabilities
+        from wsss_core.segment.postprocess import postprocess
+
+        image, masks = item
+        network = self.network
+        probabilities = predict_probabilities(
+            network.module, image, network.mean, network.std, self.inference, self.device
+        )
+        return postprocess(
+            probabilities,
+            self.settings["postprocess"],
+            image=image,
+            crf_options=self.settings["crf"],
+            masks=masks,
+            alpha=self.settings["sams"]["alpha"],
+        )
+
+
 def write_predictions(
     params: dict[str, Any],
     name: str,
@@ -92,20 +146,14 @@ def write_predictions(
 ) -> Path:
     """Predict every image of `index_path` with variant `retrain.predict.variants.<name>`; write `out_path`."""
     from wsss_core.data.index import read_index, read_index_hashes, read_index_sizes
-    from wsss_core.models import resolve_device
-    from wsss_core.segment.infer import InferenceSettings, predict_probabilities
-    from wsss_core.segment.postprocess import postprocess
+    from wsss_core.engine import open_engine
 
     variants = params["retrain"]["predict"]["variants"]
     if name not in variants:
         raise ParamsError(f"retrain.predict.variants.{name}: no such variant; defined: {', '.join(variants)}")
     settings = variants[name]
     check_prediction_settings(name, settings)
-    device = resolve_device(params["retrain"]["device"])
-    network, segmenter_provenance = load_segmenter(segmenter_dir, params["models"]["clip"], device)
     dataset = read_index(index_path)
-    if list(dataset.class_names) != segmenter_provenance["details"]["class_names"]:
-        raise ArtifactError(f"{index_path}: class names differ from those {segmenter_dir} was trained on")
     size_of, image_hashes = read_index_sizes(index_path), read_index_hashes(index_path)
     upstream: dict[str, Path] = {"segmenter": segmenter_dir, "index": index_path}
     masks_source = None
@@ -113,51 +161,36 @@ def write_predictions(
         masks_root = Path(settings["reads"])
         masks_source = open_masks(masks_root, name, index_path, dataset.split)
         upstream["masks"] = masks_root / dataset.split
-    inference = InferenceSettings(
-        scales=tuple(settings["scales"]),
-        flip=settings["flip"],
-        unflipped_scales=tuple(settings["unflipped_scales"]),
-        resize=settings["resize"],
-        input_size=settings["input_size"],
-        merge=settings["merge"],
-        window=settings["window"],
-        stride=settings["stride"],
-        amp=settings["amp"],
-    )
-    provenance = make_provenance(
-        "predict",
-        {f"retrain.predict.variants.{name}": settings},
-        upstream=upstream,
-        libraries=("pydensecrf2",) if settings["postprocess"] == "crf" else (),
-        details={"variant": name, "split": dataset.split, "network": segmenter_provenance["details"]["network"]},
-    )
-    image_ids = [sample.image_id for sample in dataset.samples]
-    writer = DenseMapWriter(
-        out_path,
-        kind="labels",
-        image_ids=image_ids,
-        sizes=np.array([size_of[image_id] for image_id in image_ids]),
-        dtype="uint8",
-        class_names=dataset.class_names,
-        image_sha256=[image_hashes[image_id] for image_id in image_ids],
-        provenance=provenance,
-        scratch_root=scratch_root,
-    )
-    crf_options = settings["crf"]
-    pending = writer.pending()
-    for index in progress(pending, f"predict {name}", total=len(pending)):
-        sample = dataset.samples[index]
-        image = read_image(sample.image_path)
-        probabilities = predict_probabilities(network.module, image, network.mean, network.std, inference, device)
-        labels = postprocess(
-            probabilities,
-            settings["postprocess"],
-            image=image,
-            crf_options=crf_options,
-            masks=None if masks_source is None else masks_source(sample.image_id),
-            alpha=settings["sams"]["alpha"],
+    job = PredictJob(segmenter_dir, params["models"]["clip"], settings)
+    with open_engine(params["engine"], job, params["retrain"]["device"], f"predict {name}") as running:
+        segmenter_provenance = read_provenance(segmenter_dir)  # checked by the workers' load_segmenter
+        if list(dataset.class_names) != segmenter_provenance["details"]["class_names"]:
+            raise ArtifactError(f"{index_path}: class names differ from those {segmenter_dir} was trained on")
+        provenance = make_provenance(
+            "predict",
+            {f"retrain.predict.variants.{name}": settings},
+            upstream=upstream,
+            libraries=("pydensecrf2",) if settings["postprocess"] == "crf" else (),
+            details={"variant": name, "split": dataset.split, "network": segmenter_provenance["details"]["network"]},
         )
-        writer.write(index, labels)
+        image_ids = [sample.image_id for sample in dataset.samples]
+        writer = DenseMapWriter(
+            out_path,
+            kind="labels",
+            image_ids=image_ids,
+            sizes=np.array([size_of[image_id] for image_id in image_ids]),
+            dtype="uint8",
+            class_names=dataset.class_names,
+            image_sha256=[image_hashes[image_id] for image_id in image_ids],
+            provenance=provenance,
+            scratch_root=scratch_root,
+        )
+
+        def load(index: int) -> tuple[np.ndarray, Any]:
+            sample = dataset.samples[index]
+            return read_image(sample.image_path), None if masks_source is None else masks_source(sample.image_id)
+
+        running.run(writer.pending(), load, writer.write, image_ids)
     return writer.commit()
 
 

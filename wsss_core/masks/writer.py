@@ -1,13 +1,12 @@
-"""Builds one split of the mask artifact image by image: resumable after a kill, shardable across processes.
+"""Builds one split of the mask artifact image by image: resumable after a kill, in any order of images.
 
 Work happens in `.wsss_scratch/<artifact>-<split>-<key>/`, the key a hash of everything that decides the content
 (the images and their hashes, the provenance with its params and checkpoint, the part size):
   images/<index>.arrow   the records of one finished image (Arrow IPC, lossless)
   parts/part-NNNNN.parquet  a finished part; its images' .arrow files are then deleted
-A rerun after a kill skips finished images. Parts are assigned to shards round-robin (part p belongs to shard
-p % n), so n processes -- one per GPU, or on several machines sharing or later merging this directory -- never write
-the same file. `commit_into` assembles the split once every part is there. Part files are written whole from the
-same records whichever process computed them, so the result is byte-identical to one uninterrupted run.
+A rerun after a kill skips finished images. `commit_into` assembles the split once every part is there. Part files
+are written whole from the same records whichever worker computed them (see wsss_core/engine), so the result is
+byte-identical to one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -37,17 +36,6 @@ MIN_PART_IMAGES = 8
 def default_part_images(n_images: int) -> int:
     """Images per part: at most MAX_PARTS files per split, but not parts of a handful of images."""
     return max(MIN_PART_IMAGES, math.ceil(n_images / MAX_PARTS))
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' -> (I, N), with 0 <= I < N."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {text!r}: need 0 <= I < N")
-    return index, count
 
 
 class MaskWriter:
@@ -113,12 +101,11 @@ class MaskWriter:
     def _image_path(self, index: int) -> Path:
         return self.work / "images" / f"{index}.arrow"
 
-    def pending(self, shard: tuple[int, int] | None = None) -> list[int]:
-        """Images still to compute (of the parts belonging to `shard` = (i, n), or of all parts)."""
-        parts = range(self.n_parts) if shard is None else range(shard[0], self.n_parts, shard[1])
+    def pending(self) -> list[int]:
+        """Images still to compute."""
         return [
             index
-            for part in parts
+            for part in range(self.n_parts)
             if not self._part_path(part).exists()
             for index in self._part_range(part)
             if index not in self._finished
@@ -159,7 +146,7 @@ class MaskWriter:
             first = self.image_ids[self._part_range(missing[0]).start]
             raise ArtifactError(
                 f"masks of split {self.name!r}: {len(missing)} of {self.n_parts} parts unfinished (first: part "
-                f"{missing[0]}, image {first!r}); run the remaining shards, or sam_masks without --merge"
+                f"{missing[0]}, image {first!r})"
             )
         target = Path(target)
         target.mkdir(parents=True)

@@ -527,6 +527,38 @@ CAM_NETS_SECTION: Schema = {
 }
 
 
+# Where the per-image stages (sam_masks, cams, net_cams, predict) compute their images (wsss_core/engine). No stage
+# depends on this section: the engine changes no byte of an artifact, so switching it reruns nothing.
+ENGINE: Schema = {
+    "kind": Spec(
+        str, "local", "local: the stage's own process; ray: workers on a Ray cluster", choices=("local", "ray")
+    ),
+    "ray": {
+        "address": Spec(
+            str,
+            "local",
+            "local: start Ray on this machine for the stage; auto: the cluster `ray start` joined this machine to; "
+            "HOST:PORT: that cluster's head",
+        ),
+        "local_cpus": Spec(int, None, "CPUs of the instance address local starts (null: all)", nullable=True, min=1),
+        "cpus_per_worker": Spec(
+            int, 1, "CPUs per worker where there are no GPUs (or the stage's device is cpu)", min=1
+        ),
+        "max_workers": Spec(
+            int,
+            None,
+            "at most this many workers (null: one per GPU, or per cpus_per_worker CPUs)",
+            nullable=True,
+            min=1,
+        ),
+        "in_flight": Spec(int, 2, "images queued at each worker, so it never waits for the next", min=1),
+        "max_restarts": Spec(
+            int, 3, "restarts of a dead worker (and resends of its images) before the stage fails", min=0
+        ),
+    },
+}
+
+
 # The demo's own small CLIP (open_clip's classes): 8-px patches at 64 px, average-pooled patch tokens (the embedding
 # CLIP-ES explains). Trained at 64 px and run on the demo's 128-px images through the interpolated positional embedding.
 DEMO_CLIP_CFG = {
@@ -588,4 +620,5 @@ SECTIONS: dict[str, Schema] = {
     "retrain": RETRAIN,
     "evaluate": EVALUATE,
     "demo": DEMO,
+    "engine": ENGINE,
 }

@@ -10,9 +10,11 @@ Images of different sizes share one array by padding; zstd makes the padding alm
 artifact of 10,582 images to about a hundred files, which is what DVC hashes and pushes.
 
 Writing is resumable and atomic: the group is built in a scratch directory keyed by a hash of everything that
-determines its content (layout, provenance and the code, see `store/scratch.py`); each finished shard leaves a
-marker, a rerun after a kill skips finished shards, and only a complete group is moved into place. Shards are
-written whole and in one piece, so a resumed run produces the same bytes as an uninterrupted one. A kill at any
+determines its content (layout, provenance and the code, see `store/scratch.py`). Each finished image is kept there
+as its own file until its shard is complete; the shard is then written whole, in one piece, and leaves a marker. A
+rerun after a kill skips finished images and shards, so an image is never computed twice, and produces the same
+bytes as an uninterrupted one; images may arrive in any order (an engine's workers finish them out of order), and
+only a complete group is moved into place. A kill at any
 point of the commit leaves a state the next run restarts from; a second process writing the same artifact is
 refused while the first runs.
 """
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from wsss_core.provenance import canonical
-from wsss_core.store.atomic import replace_directory
+from wsss_core.store.atomic import atomic_file, replace_directory
 from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
 from wsss_core.store.seal import seal_directory
 from wsss_core.store.table import ArtifactError
@@ -114,11 +116,13 @@ class DenseMapWriter:
         self._locks = [artifact_lock_file(self.path, scratch_root), self.work.with_name(self.work.name + ".lock")]
         for lock in self._locks:
             hold_lock(lock, f"{self.path} (scratch {self.work})")
-        self._buffer: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.images_dir = self.work / "images"
         shutil.rmtree(self._retired, ignore_errors=True)  # a scratch a killed commit was removing
         if not (self.done_dir.is_dir() and (self.group_path / "zarr.json").is_file()):
             self._create(compression_level)  # fresh, or killed while creating, or killed after its group moved out
         self._group = _open_group(self.group_path, mode="r+")
+        # Finished images of unfinished shards, from one directory listing (not a stat per image).
+        self._finished = {int(f.stem) for f in self.images_dir.glob("*.npz")}
 
     @property
     def _retired(self) -> Path:
@@ -136,8 +140,17 @@ class DenseMapWriter:
         return (self.done_dir / str(shard)).exists()
 
     def pending(self) -> list[int]:
-        """Indices of images whose shard is not finished yet (all of them on a fresh run)."""
-        return [i for s in range(self.n_shards) if not self._shard_done(s) for i in self._shard_range(s)]
+        """Indices of the images still to compute (all of them on a fresh run)."""
+        return [
+            i
+            for s in range(self.n_shards)
+            if not self._shard_done(s)
+            for i in self._shard_range(s)
+            if i not in self._finished
+        ]
+
+    def _image_file(self, index: int) -> Path:
+        return self.images_dir / f"{index}.npz"
 
     def _create(self, compression_level: int) -> None:
         import zarr
@@ -171,6 +184,7 @@ class DenseMapWriter:
                 fill_value=-1,
             )
         self.done_dir.mkdir()
+        self.images_dir.mkdir()
 
     def write(self, index: int, data: np.ndarray, classes: Sequence[int] | None = None) -> None:
         """Add image `index`'s map; a shard is flushed to disk as soon as all its images are in."""
@@ -183,10 +197,12 @@ class DenseMapWriter:
             )
         if self.channels is not None and len(classes) > self.channels:
             raise ValueError(f"{self.path}: {len(classes)} channels for {self.image_ids[index]!r}, max {self.channels}")
-        class_array = None if classes is None else np.asarray(classes, dtype=np.int16)
-        self._buffer[index] = (data.astype(self.dtype, copy=False), class_array)
+        class_array = np.asarray(classes if classes is not None else (), dtype=np.int16)
+        with atomic_file(self._image_file(index)) as handle:
+            np.savez(handle, data=data.astype(self.dtype, copy=False), classes=class_array)
+        self._finished.add(index)
         shard = index // self.shard_images
-        if all(i in self._buffer for i in self._shard_range(shard)):
+        if all(i in self._finished for i in self._shard_range(shard)):
             self._flush(shard)
 
     def _flush(self, shard: int) -> None:
@@ -195,7 +211,8 @@ class DenseMapWriter:
         block = np.zeros((len(rows), *maps.shape[1:]), dtype=self.dtype)
         class_block = np.full((len(rows), self.channels or 0), -1, dtype=np.int16)
         for row, index in enumerate(rows):
-            data, classes = self._buffer.pop(index)
+            with np.load(self._image_file(index)) as saved:
+                data, classes = saved["data"], saved["classes"]
             if self.channels is None:
                 block[row, : data.shape[0], : data.shape[1]] = data
             else:
@@ -205,6 +222,9 @@ class DenseMapWriter:
         if self.channels is not None:
             self._group["classes"][rows.start : rows.stop] = class_block
         (self.done_dir / str(shard)).touch()
+        for index in rows:  # only once the marker is down: a kill in between leaves both, which is consistent
+            self._image_file(index).unlink()
+            self._finished.discard(index)
 
     def commit(self) -> Path:
         """Move the finished group into place and drop the scratch directory.

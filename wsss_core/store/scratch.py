@@ -28,22 +28,24 @@ DEFAULT_SCRATCH = Path(".wsss_scratch")
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-def _code_files() -> list[Path]:
+def _code_files(with_script: bool) -> list[Path]:
     files = sorted(_PACKAGE_DIR.rglob("*.py"))
     stages = _PACKAGE_DIR.parent / "stages"  # present in a checkout (the package is installed editable)
     if stages.is_dir():
         files += sorted(stages.glob("*.py"))
-    script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0].endswith(".py") else None
+    script = Path(sys.argv[0]).resolve() if with_script and sys.argv and sys.argv[0].endswith(".py") else None
     if script is not None and script.is_file() and script not in files:
         files.append(script)
     return files
 
 
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """sha256 over the relative path and bytes of every source file the stages run (computed once per process)."""
+@functools.lru_cache(maxsize=2)
+def code_fingerprint(with_script: bool = True) -> str:
+    """sha256 over the relative path and bytes of every source file the stages run (computed once per process).
+    with_script: include the running script when it lies outside the package and stages/ (a benchmark, say); an
+    engine's worker, whose script is Ray's, compares itself with its stage without it."""
     digest = hashlib.sha256()
-    for file in _code_files():
+    for file in _code_files(with_script):
         try:
             name = file.relative_to(_PACKAGE_DIR.parent).as_posix()
         except ValueError:
