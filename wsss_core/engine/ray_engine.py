@@ -98,18 +98,16 @@ class RayEngine:
             max_task_retries=options["max_restarts"],
             runtime_env={"env_vars": pinned} if pinned else None,
         )
-        self._spawn = lambda: actor.remote(job, "cuda" if on_gpus else "cpu", os.getcwd())
-        self.workers: list[Any] = []
-        self.details = self._add_workers(1)
+        self.workers = [actor.remote(job, "cuda" if on_gpus else "cpu", os.getcwd()) for _ in range(self.capacity)]
+        self.details = self._check_workers()
 
-    def _add_workers(self, count: int) -> dict[str, Any]:
-        """Start `count` more workers; check that each runs this code and loads the model the first one loaded."""
+    def _check_workers(self) -> dict[str, Any]:
+        """Wait for the workers' models; check that each runs this code and loaded the model the first one loaded."""
         import ray
         from ray.exceptions import RayTaskError
 
         from wsss_core.store.scratch import code_fingerprint
 
-        self.workers += [self._spawn() for _ in range(count)]
         try:
             described = ray.get([worker.describe.remote() for worker in self.workers])
         except RayTaskError as error:
@@ -138,12 +136,7 @@ class RayEngine:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        if not indices:
-            return
-        wanted = min(self.capacity, len(indices))
-        if wanted > len(self.workers):
-            self._add_workers(wanted - len(self.workers))
-        workers = self.workers[:wanted]
+        workers = self.workers
         queued = {id(worker): 0 for worker in workers}
         in_flight: dict[Any, tuple[int, Any]] = {}  # result ref -> (image index, its worker)
         upcoming = deque(indices)  # in dataset order, so that the writers' parts and shards complete in turn
@@ -152,7 +145,7 @@ class RayEngine:
             while upcoming or in_flight:
                 while upcoming and len(in_flight) < len(workers) * self.options["in_flight"]:
                     index = upcoming.popleft()
-                    worker = min(workers, key=lambda w: queued[id(w)])
+                    worker = min(workers, key=lambda w: queued[id(w)])  # the least busy
                     in_flight[worker.compute.remote(load(index))] = (index, worker)
                     queued[id(worker)] += 1
                 [ready], _ = ray.wait(list(in_flight), num_returns=1)
