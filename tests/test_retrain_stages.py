@@ -12,7 +12,7 @@ import yaml
 
 from tests.test_stages import Killed, invoke, run_ok
 from wsss_core.audit import audit, read_provenance
-from wsss_core.hashing import sha256_file
+from wsss_core.hashing import sha256_file, sha256_path
 from wsss_core.store import DenseMaps
 
 
@@ -116,6 +116,15 @@ def test_retrain_predict_and_evaluate_on_the_eval_split(project):
     segmenter_node = next(child for child in labels_node.children if child.name == "segmenter")
     assert segmenter_node.stage == "retrain"
     assert {child.name for child in segmenter_node.children} == {"seeds", "index"}
+
+
+def test_predictions_on_the_ray_engine_are_the_local_bytes(project):
+    run_ok("retrain", "weclip")
+    for variant in ("plain", "sams"):  # sams: the masks are read in the stage's process and sent with the image
+        run_ok("predict", variant, "--artifacts", "local")
+        run_ok("predict", variant, "--engine", "ray", "--address", "local")  # a Ray instance of its own
+        ray_bytes = sha256_path(project / "artifacts" / f"predictions_{variant}.zarr")
+        assert ray_bytes == sha256_path(project / "local" / f"predictions_{variant}.zarr")
 
 
 def test_retrain_resumes_after_a_kill_with_the_same_weights(project, monkeypatch):
