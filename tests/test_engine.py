@@ -106,6 +106,14 @@ def test_an_image_that_fails_stops_the_stage_naming_it(prepared, ray_session, mo
     assert not (prepared / f"artifacts/masks_{MASK_RUN}").exists()
 
 
+def test_a_worker_that_cannot_load_its_model_fails_the_stage_with_the_checkpoint_error(prepared, ray_session):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["models"]["clip"].update(random_init=False, checkpoint="missing/clip.safetensors")
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = invoke("cams", "caa", "--engine", "ray")
+    assert result.exit_code == 1 and "checkpoint not found: missing/clip.safetensors" in result.output
+
+
 # The cams stage in its own process, its job wrapped. `block`: on Ray, a worker stops for good at either of the last
 # two images, so images 1-4 are written and 5 and 6 never come back; the test then kills the process group, as a
 # crash of the machine would. `count`: on the local engine, each computed image is logged.

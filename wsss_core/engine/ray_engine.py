@@ -99,7 +99,11 @@ class RayEngine:
             runtime_env={"env_vars": pinned} if pinned else None,
         )
         self.workers = [actor.remote(job, "cuda" if on_gpus else "cpu", os.getcwd()) for _ in range(self.capacity)]
-        self.details = self._check_workers()
+        try:
+            self.details = self._check_workers()
+        except BaseException:
+            self.close()  # open_engine never got the engine: release its workers (and session) here
+            raise
 
     def _check_workers(self) -> dict[str, Any]:
         """Wait for the workers' models; check that each runs this code and loaded the model the first one loaded."""
