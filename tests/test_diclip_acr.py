@@ -1,0 +1,75 @@
+"""DiCLIP's ACR and recursive refinement (wsss_core/cam/diclip) on cases checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wsss_core.cam.diclip.acr import acr_affinity, anchor_tokens, cluster_mean, kl_clusters, symmetric_kl
+from wsss_core.cam.diclip.recursive import recursive_refinement, refined_cams, transition_matrix
+
+
+def test_the_reference_grid_gives_16_anchors_on_20x20():
+    # 9 clusters asked for: sqrt(9) = 3, 20 // 3 = 6, so rows and columns 0, 6, 12, 18
+    assert anchor_tokens(20).tolist() == [r * 20 + c for r in (0, 6, 12, 18) for c in (0, 6, 12, 18)]
+    with pytest.raises(ValueError, match="too small"):
+        anchor_tokens(2)
+
+
+def test_symmetric_kl_is_half_the_jeffreys_divergence_of_the_shifted_vectors():
+    a, b = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
+    a_, b_ = a + 1e-5, b + 1e-5
+    expected = 0.5 * ((a_ - b_) * (a_.log() - b_.log())).sum()
+    assert symmetric_kl(a, b).item() == pytest.approx(expected.item(), rel=2e-3)  # float16, as the reference
+    assert symmetric_kl(a, a).item() == 0
+
+
+def test_thresholding_and_chaining_two_heads():
+    # Heads 1 and 2 hold the same map: a block of two tokens that attend to each other, and two tokens that attend
+    # to themselves (their 0.1 cross terms fall under the 0.2 threshold once columns are divided by their maximum).
+    block = torch.tensor([[2.0, 1.0, 0, 0], [1.0, 2.0, 0, 0], [0, 0, 1.0, 0.1], [0, 0, 0.1, 1.0]])
+    logits = torch.stack([torch.zeros(4, 4), block, block])[None]  # head 0 is not used
+    # one anchor per token (a 2x2 grid with 4 clusters): no two tokens merge, so R is the chained map itself
+    refined = acr_affinity(logits, side=2, clusters=4)[0]
+    expected = torch.tensor([[5 / 9, 4 / 9, 0, 0], [4 / 9, 5 / 9, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    torch.testing.assert_close(refined, expected, atol=1e-4, rtol=0)
+
+
+def test_tokens_join_the_nearest_anchor_and_an_anchor_left_empty_is_dropped():
+    profile_a, profile_b = torch.tensor([0.7, 0.2, 0.1, 0.0]), torch.tensor([0.0, 0.1, 0.2, 0.7])
+    columns = torch.stack([profile_a, profile_a, profile_b, profile_b], dim=1)  # tokens 0, 1 alike; 2, 3 alike
+    assert kl_clusters(columns, torch.tensor([0, 2])).tolist() == [0, 0, 1, 1]
+    # two anchors on the same profile: every tie goes to the first, the second loses all members and never returns
+    assert kl_clusters(columns, torch.tensor([0, 1])).tolist() == [0, 0, 0, 0]
+
+
+def test_rows_become_their_cluster_mean():
+    affinity = torch.tensor([[5 / 9, 4 / 9, 0], [4 / 9, 5 / 9, 0], [0, 0, 1.0]])
+    expected = torch.tensor([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1.0]])
+    torch.testing.assert_close(cluster_mean(affinity, torch.tensor([0, 0, 1])), expected, atol=1e-5, rtol=0)
+
+
+def test_the_soft_threshold_drops_small_affinities_and_lifts_the_rest():
+    # every column's maximum is already 1; T + 0.02 log10(e T): 1 -> 1.00869, 0.5 -> 0.50267, 0.01 -> below 0 -> 0
+    probabilities = torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.01], [0.0, 0.01, 1.0]])
+    transition = transition_matrix(torch.stack([probabilities] * 3))
+    full, half = (value + 0.02 * math.log10(math.e * value) for value in (1.0, 0.5))
+    expected = torch.tensor([[full, half, 0], [half, full, 0], [0, 0, full]])
+    torch.testing.assert_close(transition, expected / expected.sum(-1, keepdim=True))
+
+
+def test_an_identity_transition_only_normalises_the_cams():
+    cams = torch.tensor([[[1.0, 2.0], [3.0, 5.0]]])  # one class on a 2x2 grid, the SD grid as fine
+    refined = recursive_refinement(cams, torch.stack([torch.eye(4)] * 3), iterations=5)
+    expected = torch.tensor([[[0.0, 1 / 7], [2 / 7, 4 / 7]]])  # minus the minimum, over the sum
+    torch.testing.assert_close(refined, expected)
+
+
+def test_refined_maps_reach_the_mask_size_with_absent_classes_zero():
+    refined = torch.rand(2, 4, 4)
+    maps = refined_cams(refined, [1, 3], n_classes=5, size=(6, 10))
+    assert maps.shape == (5, 6, 10)
+    assert maps[[0, 2, 4]].abs().sum() == 0
+    assert 0 <= maps.min() and maps.max() <= 1
