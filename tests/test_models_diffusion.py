@@ -22,6 +22,7 @@ from wsss_core.models.diffusion import (
     generate_images,
     load_sd_pipeline,
     record_self_attention,
+    vce_pass,
 )
 
 ensure_torchvision()
@@ -258,3 +259,22 @@ def test_recorder_probabilities_by_hand():
     torch.testing.assert_close(output, expected.unsqueeze(0))
     attention.set_processor(AttnProcessor2_0())
     torch.testing.assert_close(attention(tokens), output)
+
+
+def test_vce_logits_on_the_blocks_own_grid_are_the_scores_its_softmax_takes(handle):
+    block = "up_blocks.0.attentions.1"  # 8x8 tokens, 4 heads
+    recorder = vce_pass(handle, random_image(), blocks=[block], logit_grid=8, size=(TINY_SIZE, TINY_SIZE))[block]
+    scale = handle.pipeline.unet.up_blocks[0].attentions[1].transformer_blocks[0].attn1.scale
+    # resizing 8x8 to 8x8 is the identity, so the logits are q k^T and softmax(scale q k^T) is what the layer used
+    torch.testing.assert_close((recorder.resized_logits * scale).softmax(-1), recorder.probabilities)
+
+
+def test_vce_logits_resized_to_clips_grid_feed_acr(handle):
+    from wsss_core.cam.diclip.acr import acr_affinity
+
+    block = "up_blocks.0.attentions.1"
+    recorder = vce_pass(handle, random_image(), blocks=[block], logit_grid=4, size=(TINY_SIZE, TINY_SIZE))[block]
+    assert recorder.resized_logits.shape == (4, 16, 16) and recorder.resized_logits.dtype == torch.float32
+    refined = acr_affinity(recorder.resized_logits[None], side=4, clusters=4)
+    assert refined.shape == (1, 16, 16) and torch.isfinite(refined).all()
+    assert torch.all((refined.sum(-1) - 1).abs() < 1e-3)  # rows stay distributions through the cluster means

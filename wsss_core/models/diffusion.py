@@ -11,6 +11,7 @@ already in the Hugging Face cache unless `local_files_only=False` is passed.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from wsss_core.hashing import sha256_file
 from wsss_core.models import resolve_device
@@ -184,17 +186,35 @@ def generate_images(
     return images
 
 
+def resized_logits(query: torch.Tensor, key: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, heads, N, D) queries and keys of a square token grid -> (B, heads, grid², grid²): q and k bilinearly
+    resized to grid x grid (align_corners False), then q k^T without scale or softmax, in their dtype. DiCLIP's
+    VCE map, which ACR refines (wsss_core/cam/diclip/acr.py)."""
+
+    def resize(tokens: torch.Tensor) -> torch.Tensor:
+        batch, heads, n, dim = tokens.shape
+        side = math.isqrt(n)
+        maps = tokens.transpose(-2, -1).reshape(batch * heads, dim, side, side)
+        resized = F.interpolate(maps, size=(grid, grid), mode="bilinear", align_corners=False)
+        return resized.reshape(batch, heads, dim, grid * grid).transpose(-2, -1)
+
+    return resize(query) @ resize(key).transpose(-2, -1)
+
+
 class SelfAttentionRecorder:
     """Attention processor for a self-attention layer that keeps its softmax probabilities.
 
     It computes what diffusers' default processors compute (softmax(q k^T * scale) v, then the output
     projection), with the scores and softmax in float32, and stores the probabilities averaged over the
     batch axis as `probabilities` (heads, N, N): with classifier-free guidance that axis holds the
-    conditional and unconditional copies of one image, so the average is over both.
+    conditional and unconditional copies of one image, so the average is over both. With `logit_grid`, it also
+    stores `resized_logits` (heads, grid², grid²), float32, averaged the same way (see `resized_logits`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, logit_grid: int | None = None) -> None:
         self.probabilities: torch.Tensor | None = None
+        self.logit_grid = logit_grid
+        self.resized_logits: torch.Tensor | None = None
 
     def __call__(
         self,
@@ -226,6 +246,8 @@ class SelfAttentionRecorder:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
+        if self.logit_grid is not None:
+            self.resized_logits = resized_logits(query, key, self.logit_grid).detach().float().mean(dim=0)
 
         # float32 softmax: these probabilities are the product; half precision would quantise small entries
         scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
@@ -254,9 +276,10 @@ def attention_blocks(unet: UNet2DConditionModel) -> dict[str, list[str]]:
 
 @contextmanager
 def record_self_attention(
-    unet: UNet2DConditionModel, blocks: Sequence[str]
+    unet: UNet2DConditionModel, blocks: Sequence[str], logit_grid: int | None = None
 ) -> Iterator[dict[str, SelfAttentionRecorder]]:
-    """Install a `SelfAttentionRecorder` on the self-attention (attn1) of each named block; restore on exit.
+    """Install a `SelfAttentionRecorder` (with `logit_grid`) on the self-attention (attn1) of each named block;
+    restore on exit.
 
     Every other attention layer keeps its processor. Yields {block name: recorder}.
     """
@@ -269,7 +292,7 @@ def record_self_attention(
         raise ValueError(f"block(s) {several} hold several self-attention layers; only one per block is supported")
 
     original = dict(unet.attn_processors)
-    recorders = {block: SelfAttentionRecorder() for block in blocks}
+    recorders = {block: SelfAttentionRecorder(logit_grid) for block in blocks}
     patched = dict(original)
     for block, recorder in recorders.items():
         patched[available[block][0]] = recorder
@@ -280,25 +303,33 @@ def record_self_attention(
         unet.set_attn_processor(original)
 
 
+def capture_self_attention(handle: SdHandle, image_uint8: np.ndarray, **settings: Any) -> dict[str, torch.Tensor]:
+    """Self-attention probabilities (heads, N, N) of the named UNet blocks for one image: `vce_pass`'s."""
+    return {block: recorder.probabilities for block, recorder in vce_pass(handle, image_uint8, **settings).items()}
+
+
 @torch.no_grad()
-def capture_self_attention(
+def vce_pass(
     handle: SdHandle,
     image_uint8: np.ndarray,
     *,
     blocks: Sequence[str],
+    logit_grid: int | None = None,
     timestep_index: int = 45,
     num_inference_steps: int = 50,
     prompt: str = "",
     size: tuple[int, int] = (320, 320),
     seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Self-attention probabilities (heads, N, N) of the named UNet blocks for one image (DiCLIP's VCE).
+) -> dict[str, SelfAttentionRecorder]:
+    """DiCLIP's VCE: one UNet pass over a noised image, the named blocks' self-attention recorded.
 
     The image (uint8 HxWx3) is resized to `size` (height, width) and encoded with the VAE (posterior mean,
     times the VAE scaling factor). The scheduler is set to `num_inference_steps`; its timestep at
     `timestep_index` (SD 2.1 base's PNDM schedule: index 45 of 50 is t=101) sets the amount of noise, drawn
     from `seed`. One UNet pass with the embedding of `prompt` (empty by default, no guidance) gives the
-    maps; N is the number of tokens at the block's resolution. Returned in float32 on the pipeline's device.
+    maps; N is the number of tokens at the block's resolution. Returns {block: its recorder}: `probabilities` and,
+    with `logit_grid`, `resized_logits`, float32 on the pipeline's device. (DiCLIP's reference draws its noise from
+    the global RNG, so its maps are not reproducible per image; here they depend on `seed` only.)
     """
     image = np.asarray(image_uint8)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -321,6 +352,6 @@ def capture_self_attention(
     noisy = scheduler.add_noise(latents, noise.to(device, latents.dtype), timestep.reshape(1))
     prompt_embeds, _ = pipeline.encode_prompt(prompt, device, 1, False)
 
-    with record_self_attention(unet, blocks) as recorders:
+    with record_self_attention(unet, blocks, logit_grid) as recorders:
         unet(noisy, timestep, encoder_hidden_states=prompt_embeds)
-    return {block: recorder.probabilities for block, recorder in recorders.items()}
+    return recorders
