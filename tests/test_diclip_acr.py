@@ -1,4 +1,4 @@
-"""DiCLIP's ACR and recursive refinement (wsss_core/cam/diclip) on cases checked by hand."""
+"""DiCLIP's ACR, its fusion into CLIP and the recursive refinement (wsss_core/cam/diclip) on cases checked by hand."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from wsss_core.cam.diclip.acr import acr_affinity, anchor_tokens, cluster_mean, kl_clusters, symmetric_kl
+from wsss_core.cam.diclip.fusion import diclip_correlation
 from wsss_core.cam.diclip.recursive import recursive_refinement, refined_cams, transition_matrix
 
 
@@ -73,3 +74,20 @@ def test_refined_maps_reach_the_mask_size_with_absent_classes_zero():
     assert maps.shape == (5, 6, 10)
     assert maps[[0, 2, 4]].abs().sum() == 0
     assert 0 <= maps.min() and maps.max() <= 1
+
+
+def test_the_fused_map_is_q_q_plus_twice_k_k_with_the_affinity_on_the_patch_block_only():
+    from types import SimpleNamespace
+
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 5, 4, generator=generator), torch.randn(1, 2, 5, 4, generator=generator)
+    trace = SimpleNamespace(q=q, k=k, v=torch.zeros_like(q))
+    plain = diclip_correlation(None)(trace)
+    expected = (q @ q.transpose(-2, -1) / 2).softmax(-1) + 2 * (k @ k.transpose(-2, -1) / 2).softmax(-1)  # s = 4^-0.5
+    torch.testing.assert_close(plain, expected)
+    torch.testing.assert_close(plain.sum(-1), torch.full((1, 2, 5), 3.0))  # three softmax rows' worth
+
+    affinity = torch.arange(16.0).reshape(1, 4, 4)  # over the 4 patch tokens
+    fused = diclip_correlation(affinity)(trace)
+    assert torch.equal(fused[:, :, 0], plain[:, :, 0]) and torch.equal(fused[:, :, :, 0], plain[:, :, :, 0])  # CLS
+    torch.testing.assert_close(fused[:, :, 1:, 1:] - plain[:, :, 1:, 1:], affinity[:, None].expand(1, 2, 4, 4))

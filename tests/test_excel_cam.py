@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -160,6 +161,20 @@ def test_svc_leaves_the_original_path_unchanged_and_calibrates_the_patches(clip)
     torch.testing.assert_close(deeper.original, plain.tokens[-1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="svc layers must be in 1..3"):
         svc_forward(runner, images, layers=4)
+
+
+def test_svc_runs_another_methods_map_when_given_one(clip):
+    from wsss_core.cam.diclip.fusion import diclip_correlation
+
+    runner = VisualRunner(clip)
+    images = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(5))
+    affinity = torch.rand(1, 12, 12, generator=torch.Generator().manual_seed(6))  # over the 3x4 patches
+    result = svc_forward(runner, images, layers=1, correlation=diclip_correlation(affinity))
+    entering = runner.forward(images).tokens[-2]
+    q, k, v = runner.qkv(2, runner.blocks[2].ln_1(entering))
+    fused = diclip_correlation(affinity)(SimpleNamespace(q=q, k=k, v=v)).sum(dim=1, keepdim=True)
+    calibrated = entering + runner.merge_heads(2, fused @ v)
+    torch.testing.assert_close(result.features[:, 1:], runner.project(calibrated)[:, 1:], atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------- generator

@@ -16,8 +16,9 @@ patch tokens with the original path's CLS token, through ln_post and proj (all 1
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,14 +60,25 @@ class SvcPass:
     ln_1: dict[int, Tensor] = field(default_factory=dict)
 
 
+def excel_correlation(trace) -> Tensor:
+    """ExCEL's per-head map of a block's trace (q, k, v): the intra-correlation."""
+    return intra_correlation(trace.q, trace.k, trace.v)
+
+
 @torch.no_grad()
 def svc_forward(
-    runner: VisualRunner, images: Tensor, *, layers: int = SVC_LAYERS, capture_layers: Sequence[int] = ()
+    runner: VisualRunner,
+    images: Tensor,
+    *,
+    layers: int = SVC_LAYERS,
+    capture_layers: Sequence[int] = (),
+    correlation: Callable[[Any], Tensor] = excel_correlation,
 ) -> SvcPass:
     """Run CLIP's visual tower on normalised images (B, 3, H, W) with the dual path in its last `layers` blocks.
 
     `capture_layers` (negative indices allowed) name blocks whose original-path attention and ln_1 output are kept
-    (ExCEL's CAA reads the last 6)."""
+    (ExCEL's CAA reads the last 6). `correlation(trace)` gives the new path's (B, H, N, N) map per head from a
+    block's q, k and v; its heads are summed (DiCLIP's map: wsss_core/cam/diclip/fusion.py)."""
     if not 1 <= layers <= runner.num_layers:
         raise ValueError(f"svc layers must be in 1..{runner.num_layers} (the blocks of this CLIP), got {layers}")
     if any(not -runner.num_layers <= i < runner.num_layers for i in capture_layers):
@@ -83,8 +95,8 @@ def svc_forward(
             attentions[index], normed[index] = trace.attention, trace.ln_1
         if index < first:
             continue
-        correlation = intra_correlation(trace.q, trace.k, trace.v).sum(dim=1, keepdim=True)  # (B, 1, N, N)
-        update = runner.blocks[index].ls_1(runner.merge_heads(index, correlation @ trace.v))
+        summed = correlation(trace).sum(dim=1, keepdim=True)  # (B, 1, N, N): one map for every head
+        update = runner.blocks[index].ls_1(runner.merge_heads(index, summed @ trace.v))
         calibrated = (block_input if calibrated is None else calibrated) + update
     tokens = torch.cat([x[:, :1], calibrated[:, 1:]], dim=1)
     return SvcPass(runner.grid_of(images), runner.project(tokens), x, first, attentions, normed)
