@@ -121,6 +121,14 @@ def test_an_unknown_engine_is_refused_by_name(prepared):
     assert result.exit_code == 1 and "--engine: 'spark' is not an engine; choose from local, ray" in result.output
 
 
+def test_a_ray_cluster_that_is_not_there_is_named(prepared, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = invoke("sam_masks", RUN, "--engine", "ray", "--address", "auto")
+    assert result.exit_code == 1
+    assert "engine.ray.address: no Ray cluster at 'auto'" in result.output and "ray start --head" in result.output
+    assert not (prepared / MASKS).exists()
+
+
 def test_sam_weights_from_a_file_with_their_hash_in_provenance(prepared):
     weights = prepared / "tiny_sam.pth"
     torch.save(build_sam_from_config(**TINY, seed=3, device="cpu").sam.state_dict(), weights)
