@@ -15,7 +15,7 @@ bilinearly resized to CLIP's token grid and multiplied without scale or softmax:
 
 As the reference computes them: the KL distances in float16 with 1e-5 added to both sides (exact zeros of R
 become 1e-6 first), ties going to the first anchor. Hand-checked cases and the reference's own functions agree
-(tests/test_diclip_acr.py).
+(tests/test_diclip.py).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ def normalize_over_tokens(features: Tensor) -> Tensor:
     return features / features.norm(dim=1, keepdim=True)
 
 
-def feature_surgery(image_features: Tensor, text_features: Tensor, *, temperature: float = 2.0) -> Tensor:
-    """CAM scores (B, 1 + N, K) in [0, 1] per image and text, min-max over the tokens; see the module docstring."""
+def surgery_scores(image_features: Tensor, text_features: Tensor, *, temperature: float = 2.0) -> Tensor:
+    """S (B, 1 + N, K) of the module docstring, before the min-max (DiCLIP's retrieval takes it through a ReLU)."""
     if image_features.ndim != 3 or text_features.ndim != 2 or image_features.shape[-1] != text_features.shape[-1]:
         raise ValueError(
             f"image_features (B, 1 + N, E) and text_features (K, E) must share E, got "
@@ -39,7 +39,16 @@ def feature_surgery(image_features: Tensor, text_features: Tensor, *, temperatur
     similarity = features @ texts.T  # (B, 1 + N, K)
     prob = (temperature * similarity[:, :1]).softmax(dim=-1)
     weighted = similarity * (prob / prob.mean(dim=-1, keepdim=True))
-    surgery = weighted - weighted.mean(dim=-1, keepdim=True)
-    low = surgery.amin(dim=1, keepdim=True)
-    span = surgery.amax(dim=1, keepdim=True) - low
-    return (surgery - low) / span.where(span > 0, 1.0)
+    return weighted - weighted.mean(dim=-1, keepdim=True)
+
+
+def min_max_over_tokens(scores: Tensor) -> Tensor:
+    """(B, N, K) -> each image's and column's scores min-maxed over the N tokens; a constant column gives 0."""
+    low = scores.amin(dim=1, keepdim=True)
+    span = scores.amax(dim=1, keepdim=True) - low
+    return (scores - low) / span.where(span > 0, 1.0)
+
+
+def feature_surgery(image_features: Tensor, text_features: Tensor, *, temperature: float = 2.0) -> Tensor:
+    """CAM scores (B, 1 + N, K) in [0, 1] per image and text, min-max over the tokens; see the module docstring."""
+    return min_max_over_tokens(surgery_scores(image_features, text_features, temperature=temperature))

@@ -1,4 +1,5 @@
-"""DiCLIP's ACR, its fusion into CLIP and the recursive refinement (wsss_core/cam/diclip) on cases checked by hand."""
+"""DiCLIP (wsss_core/cam/diclip): ACR, its fusion into CLIP, the recursive refinement and the cache retrieval, on cases
+checked by hand."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from wsss_core.cam.diclip.acr import acr_affinity, anchor_tokens, cluster_mean, kl_clusters, symmetric_kl
 from wsss_core.cam.diclip.fusion import diclip_correlation
 from wsss_core.cam.diclip.recursive import recursive_refinement, refined_cams, transition_matrix
+from wsss_core.cam.diclip.retrieval import key_weights, static_retrieval, weighted_fusion
 
 
 def test_the_reference_grid_gives_16_anchors_on_20x20():
@@ -91,3 +93,38 @@ def test_the_fused_map_is_q_q_plus_twice_k_k_with_the_affinity_on_the_patch_bloc
     fused = diclip_correlation(affinity)(trace)
     assert torch.equal(fused[:, :, 0], plain[:, :, 0]) and torch.equal(fused[:, :, :, 0], plain[:, :, :, 0])  # CLS
     torch.testing.assert_close(fused[:, :, 1:, 1:] - plain[:, :, 1:, 1:], affinity[:, None].expand(1, 2, 4, 4))
+
+
+def test_each_class_spreads_over_its_own_keys_by_their_match_with_its_text():
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # key 0 background; keys 1 and 2 class 1
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    texts = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # background text, class 1 text
+    # class 1: both its keys match its text by 1 -> 0.5 each; the background column has one key
+    torch.testing.assert_close(key_weights(keys, values, texts), torch.tensor([[1.0, 0.0], [0.0, 0.5], [0.0, 0.5]]))
+
+
+def test_static_retrieval_follows_its_formula_step_by_step():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 1 + 6, 4, generator=generator)
+    keys, texts = torch.randn(5, 4, generator=generator), torch.randn(3, 4, generator=generator)
+    values = torch.zeros(5, 3)
+    values[[0, 1], 0], values[[2], 1], values[[3, 4], 2] = 1, 1, 1
+
+    # the element-wise form of the reference, written out
+    similarity = features @ keys.T
+    prob = (2 * similarity[:, :1]).softmax(-1)
+    weighted = similarity * prob / prob.mean(-1, keepdim=True)
+    scores = torch.relu(weighted - weighted.mean(-1, keepdim=True))[:, 1:]
+    logits = keys @ texts.T
+    weights = torch.where(values > 0, logits, torch.full_like(logits, -torch.inf)).softmax(0)
+    maps = scores @ weights
+    maps = (maps - maps.amin(1, keepdim=True)) / (maps.amax(1, keepdim=True) - maps.amin(1, keepdim=True))
+    fused = torch.relu(maps[..., 1:] * (1 - maps[..., :1]))
+    expected = (fused - fused.amin(1, keepdim=True)) / (fused.amax(1, keepdim=True) - fused.amin(1, keepdim=True))
+    torch.testing.assert_close(static_retrieval(features, keys, values, texts), expected)
+
+
+def test_weighted_fusion_adds_then_min_maxes_over_the_tokens():
+    cams, extra = torch.tensor([[[0.0], [1.0], [2.0]]]), torch.tensor([[[4.0], [0.0], [0.0]]])
+    # 0 + 0.5*4 = 2, 1, 2 -> min-max: 1, 0, 1
+    torch.testing.assert_close(weighted_fusion(cams, extra, 0.5), torch.tensor([[[1.0], [0.0], [1.0]]]))
