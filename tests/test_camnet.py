@@ -394,3 +394,20 @@ def test_net_cams_refuses_an_artifact_that_is_not_a_cam_network(project):
     assert "artifacts/camnet_index: not a CAM network artifact (written by stage 'prepare')" in result.output
     assert not Path("artifacts/cams_weaktr.zarr").exists()
     assert Path("artifacts/index/train.parquet").read_bytes() == index_before
+
+
+def test_a_batch_larger_than_the_training_split_is_named_by_its_key(project):
+    import yaml
+
+    from tests.test_stages import invoke
+
+    add_weaktr(project)
+    for stage in ("demo_data", "prepare"):
+        run_ok(stage)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["cam_nets"]["runs"]["weaktr"]["batch_size"] = 7
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = invoke("cam_net", "weaktr")
+    assert result.exit_code == 1
+    assert "cam_nets.runs.weaktr.batch_size: 7 is larger than the 6 training images" in result.output
+    assert not Path("artifacts/camnet_weaktr").exists()

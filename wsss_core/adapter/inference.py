@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_core.adapter.diversity import affinity_prediction
-from wsss_core.adapter.model import IMAGENET_MEAN, IMAGENET_STD, ExcelAdapterModel
+from wsss_core.adapter.model import ExcelAdapterModel
 from wsss_core.adapter.pseudo_labels import caa_transition
 from wsss_core.cam.caa import caa_refine
 from wsss_core.cam.excel.cams import FUSION_EPSILON, MINMAX_EPSILON, minmax_per_map, par_class_shares
+from wsss_core.models import IMAGENET_MEAN, IMAGENET_STD  # ExCEL normalises with ImageNet's statistics, not CLIP's
 from wsss_core.refine.par import DILATIONS, ITERATIONS
 
 

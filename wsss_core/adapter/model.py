@@ -42,9 +42,6 @@ from wsss_core.models.clip_visual import VisualRunner
 from wsss_core.segment.weclip_head import WeClipHead
 
 HEAD_TOKENS = ("reference", "original")
-# ExCEL normalises pixels with ImageNet's statistics (datasets/transforms.normalize_img), not CLIP's.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from wsss_core.adapter.diversity import affinity_targets, diversity_loss
-from wsss_core.adapter.model import IMAGENET_MEAN, IMAGENET_STD, ExcelAdapterModel
+from wsss_core.adapter.model import ExcelAdapterModel
 from wsss_core.adapter.pseudo_labels import PseudoLabelSettings, Schedule, pseudo_labels
+from wsss_core.models import IMAGENET_MEAN, IMAGENET_STD  # ExCEL normalises with ImageNet's statistics, not CLIP's
 from wsss_core.progress import progress
 from wsss_core.segment.losses import pixel_cross_entropy
 from wsss_core.segment.train import batch_indices, lr_factor, normalise, resume_from, save_checkpoint, step_seed

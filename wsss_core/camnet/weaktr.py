@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wsss_core.models import IMAGENET_MEAN, IMAGENET_STD
 from wsss_core.params.spec import Schema, Spec
 
 # Imported by params (schema) before a stage may pin the CPU's float code paths: torch only inside functions.
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 LOSS_COLUMNS = ("loss", "token_loss", "coarse_loss", "fine_loss")  # of the curve: the sum and its three terms
 BACKBONE_SOURCE = "the DeiT release, e.g. https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth"
 

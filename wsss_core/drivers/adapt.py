@@ -46,10 +46,9 @@ def adapt(
     """Train `adapt.runs.<name>` on the index's images; write `artifacts_dir/adapter_<name>` and the curves."""
     from wsss_core.adapter import ADAPT_METHODS
     from wsss_core.adapter.artifact import STAGE, write_adapter
-    from wsss_core.adapter.model import IMAGENET_MEAN, IMAGENET_STD
     from wsss_core.data.index import read_index
     from wsss_core.hashing import sha256_path
-    from wsss_core.models import resolve_device
+    from wsss_core.models import IMAGENET_MEAN, IMAGENET_STD, resolve_device
     from wsss_core.models.loading import clip_from_params
     from wsss_core.provenance import canonical, make_provenance
     from wsss_core.store.scratch import artifact_lock_file, hold_lock, release_lock, resume_key

@@ -37,6 +37,7 @@ def train_cam_net(
     from wsss_core.drivers.adapt import write_curves
     from wsss_core.hashing import sha256_path
     from wsss_core.models import resolve_device
+    from wsss_core.params import ParamsError
     from wsss_core.provenance import canonical, make_provenance
     from wsss_core.store.scratch import artifact_lock_file, hold_lock, release_lock, resume_key
 
@@ -44,6 +45,11 @@ def train_cam_net(
     run, key = section["runs"][name], f"cam_nets.runs.{name}"
     method = CAM_NETS[run["method"]]
     dataset = read_index(index_path)
+    if run["batch_size"] > len(dataset.samples):  # an epoch drops its incomplete batch: it would have no update
+        raise ParamsError(
+            f"{key}.batch_size: {run['batch_size']} is larger than the {len(dataset.samples)} training images of "
+            f"{index_path}"
+        )
     out = artifacts_dir / f"camnet_{name}"
     hold_lock(artifact_lock_file(out, scratch_root), str(out))
     inputs = {"read": {key: run}, "upstream": {"index": sha256_path(index_path)}}

@@ -11,6 +11,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+# Pixel statistics of ImageNet, which ImageNet-pretrained backbones (the segmenters', DeiT) expect and ExCEL also
+# uses with CLIP (its datasets/transforms.normalize_img): RGB in 0-1.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn a device argument into a `torch.device`: "auto" is cuda when available, else cpu.

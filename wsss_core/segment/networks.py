@@ -16,11 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsss_core.models import resolve_device
+from wsss_core.models import IMAGENET_MEAN, IMAGENET_STD, resolve_device
 from wsss_core.models.checkpoints import CheckpointError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
