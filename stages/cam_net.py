@@ -26,10 +26,6 @@ def main(
         from wsss_core.params import require_entry
 
         require_entry(params, "cam_nets.runs", name)
-        if params["cam_nets"]["pinned_cpu"]:
-            from wsss_core.pinned_cpu import pin_cpu
-
-            pin_cpu()  # before torch loads
         from wsss_core.drivers.cam_nets import train_cam_net
 
         if device is not None:
@@ -38,7 +34,7 @@ def main(
         written = train_cam_net(name, index_dir / f"{split}.parquet", artifacts, metrics, params)
         log["artifacts"] = {"camnet": str(written)}
 
-    run_stage(f"cam_net_{name}", body, params_file)
+    run_stage(f"cam_net_{name}", body, params_file, pinned_cpu_from="cam_nets")
 
 
 if __name__ == "__main__":

@@ -20,10 +20,6 @@ def main(
     device: str = typer.Option(None, help="overrides demo.clip.device (auto: CUDA when present)"),
 ) -> None:
     def body(params: dict[str, Any], log: dict[str, Any]) -> None:
-        if params["demo"]["clip"]["pinned_cpu"]:
-            from wsss_core.pinned_cpu import pin_cpu
-
-            pin_cpu()  # before torch loads
         from wsss_core.demo.pretrain import pretrain_demo_clip
 
         settings = params["demo"]["clip"]
@@ -34,7 +30,7 @@ def main(
         )
         log["artifact"] = str(written)
 
-    run_stage("demo_clip", body, params_file)
+    run_stage("demo_clip", body, params_file, pinned_cpu_from="demo.clip")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,6 @@ def main(
 
         require_entry(params, "cam_nets.cams", name)
         apply_engine_options(params, engine, address)
-        if params["cam_nets"]["pinned_cpu"]:
-            from wsss_core.pinned_cpu import pin_cpu
-
-            pin_cpu()  # before torch loads
         from wsss_core.drivers.cam_nets import write_net_cams
 
         if device is not None:
@@ -41,7 +37,7 @@ def main(
         written = write_net_cams(name, index_dir / f"{split}.parquet", out_path, params)
         log["artifacts"] = {"cams": str(written)}
 
-    run_stage(f"net_cams_{name}", body, params_file)
+    run_stage(f"net_cams_{name}", body, params_file, pinned_cpu_from="cam_nets")
 
 
 if __name__ == "__main__":

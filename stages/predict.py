@@ -30,10 +30,6 @@ def main(
 
         variant = require_entry(params, "retrain.predict.variants", name)
         apply_engine_options(params, engine, address)
-        if params["retrain"]["pinned_cpu"]:
-            from wsss_core.pinned_cpu import pin_cpu
-
-            pin_cpu()  # before torch loads
         from wsss_core.drivers.predict import write_predictions
 
         if device is not None:
@@ -48,7 +44,7 @@ def main(
         )
         log["artifact"] = str(out)
 
-    run_stage(f"predict_{name}", body, params_file)
+    run_stage(f"predict_{name}", body, params_file, pinned_cpu_from="retrain")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,6 @@ def main(
         from wsss_core.params import require_entry
 
         require_entry(params, "retrain.runs", name)
-        if params["retrain"]["pinned_cpu"]:
-            from wsss_core.pinned_cpu import pin_cpu
-
-            pin_cpu()  # before torch loads
         from wsss_core.drivers.retrain import retrain
 
         if device is not None:
@@ -40,7 +36,7 @@ def main(
         retrain(params, name, artifacts, out, curve or Path("metrics") / f"retrain_{name}" / "curve.csv")
         log["artifact"] = str(out)
 
-    run_stage(f"retrain_{name}", body, params_file)
+    run_stage(f"retrain_{name}", body, params_file, pinned_cpu_from="retrain")
 
 
 if __name__ == "__main__":

@@ -32,3 +32,26 @@ def test_pinning_after_torch_loaded_is_refused():
 
     with pytest.raises(RuntimeError, match="before torch is imported"):
         pin_cpu()
+
+
+STAGE = """
+import json, os, sys
+from pathlib import Path
+from wsss_core.stage import run_stage
+seen = {}
+run_stage("probe", lambda params, log: seen.update(mkl=os.environ.get("MKL_CBWR"), torch="torch" in sys.modules),
+          Path(sys.argv[1]), pinned_cpu_from="demo.clip")
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_a_stage_is_pinned_before_its_body_when_its_params_ask(tmp_path, pinned):
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"demo": {"clip": {"pinned_cpu": pinned}}}))
+    env = {"PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", STAGE, "params.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout.splitlines()[-1]) == {"mkl": "AVX2,STRICT" if pinned else None, "torch": False}

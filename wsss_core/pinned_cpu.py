@@ -7,8 +7,8 @@ the demo's 3,000 pretraining steps, or its 300 retraining steps, amplify that in
 machines. Pinned, every x86-64 CPU with AVX2 (Intel since 2013, AMD since 2015) runs the same instructions in the
 same order. GPU work is untouched.
 
-Stages call `pin_cpu()` when their params ask for it (demo.clip.pinned_cpu, retrain.pinned_cpu), before torch is
-imported: the libraries read these variables once, when they load.
+`run_stage` calls `pin_cpu()` for the stages whose params ask for it (demo.clip, retrain and cam_nets: pinned_cpu),
+before torch is imported: the libraries read these variables once, when they load.
 """
 
 from __future__ import annotations

@@ -79,9 +79,18 @@ def disk_full_message(error: OSError) -> str:
     return f"{_DISK_FULL[error.errno]} while writing {where} ({free})"
 
 
-def run_stage(name: str, body: Callable[[dict[str, Any], dict[str, Any]], None], params_file: Path) -> None:
+def run_stage(
+    name: str,
+    body: Callable[[dict[str, Any], dict[str, Any]], None],
+    params_file: Path,
+    *,
+    pinned_cpu_from: str | None = None,
+) -> None:
     """Validate the params file (each section, and that every artifact a stage reads is made by a stage of the same
     params), run `body(params, log)` under a run log, and exit 1 with a message on bad input.
+
+    `pinned_cpu_from`: the params section (dotted, e.g. "demo.clip") whose `pinned_cpu` decides whether the CPU's
+    float code paths are pinned (wsss_core/pinned_cpu.py), before the body loads torch.
 
     A full disk or exceeded quota (ENOSPC, EDQUOT) also exits 1, naming the path and the space left; any other
     OSError propagates with its traceback.
@@ -90,6 +99,14 @@ def run_stage(name: str, body: Callable[[dict[str, Any], dict[str, Any]], None],
         with run_log(name) as log:
             params = load_params(params_file)
             check_pipeline(params, files=False)
+            if pinned_cpu_from is not None:
+                section = params
+                for part in pinned_cpu_from.split("."):
+                    section = section[part]
+                if section["pinned_cpu"]:
+                    from wsss_core.pinned_cpu import pin_cpu
+
+                    pin_cpu()
             body(params, log)
     except expected_errors() as error:
         print(f"{name}: error: {error}", file=sys.stderr)
