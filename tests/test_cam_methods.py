@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import small_params
+from tests.test_sd_cache import TINY_MASKS
 from tests.test_stages import run_ok
 from wsss_core.cam.methods import CAM_METHODS
 from wsss_core.cam.methods.common import RUN
@@ -38,13 +39,31 @@ def _adapter() -> None:
     run_ok("adapt", "probe")
 
 
+def _sd_cache() -> None:
+    """DiCLIP's key-value cache, drawn and labelled by the sd_cache stage with tiny Stable Diffusion pipelines."""
+    from tests.test_sd_cache import tiny_cache_run
+    from tests.tiny_sd import save_tiny_pipeline
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    pipelines = {
+        "generator": save_tiny_pipeline(Path("sd_generator")),
+        "diffusion": save_tiny_pipeline(Path("sd"), (4, 4)),
+    }
+    params["sd_cache"].update(device="cpu", runs={"probe": tiny_cache_run(pipelines)})
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_ok("sd_cache", "probe")
+
+
 # READS kind -> (the artifact a run of that kind reads, the stage and argument that make it, or a function)
 READ_ARTIFACTS = {
     None: ("artifacts/index", None),
     "prompts": ("artifacts/prompts_classification", ("learn", "classification")),
     "descriptions": ("artifacts/descriptions_probe", _attribute_bank),
     "adapter": ("artifacts/adapter_probe", _adapter),
+    "sd_cache": ("artifacts/sd_cache_probe", _sd_cache),
 }
+# Settings a method needs on the tiny models, besides its depth (caa_layers, svc_layers: the tiny CLIP has 3 blocks)
+TINY_SETTINGS = {"diclip": TINY_MASKS}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +107,7 @@ def test_every_method_writes_a_cam_artifact(method, resolution, indexed, monkeyp
     for key in ("caa_layers", "svc_layers"):
         if key in CAM_METHODS[method].SETTINGS:
             run[key] = 2  # the tiny CLIP has 3 blocks
+    run.update(TINY_SETTINGS.get(method, {}))
     params["cams"]["runs"]["probe"] = run
     (indexed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_ok("cams", "probe", "--out", f"artifacts/cams_probe_{method}_{resolution}.zarr")

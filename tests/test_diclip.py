@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,48 @@ def test_weighted_fusion_adds_then_min_maxes_over_the_tokens():
     cams, extra = torch.tensor([[[0.0], [1.0], [2.0]]]), torch.tensor([[[4.0], [0.0], [0.0]]])
     # 0 + 0.5*4 = 2, 1, 2 -> min-max: 1, 0, 1
     torch.testing.assert_close(weighted_fusion(cams, extra, 0.5), torch.tensor([[[1.0], [0.0], [1.0]]]))
+
+
+# ------------------------------------------------------------------------------------------ TSA's key-value cache
+
+
+def test_the_plan_seeds_each_image_and_prompts_some_words_their_own_way():
+    from wsss_core.cam.diclip.cache import cache_plan
+
+    plan = cache_plan(
+        ["cat", "people"], 2, template="a photo of a {}, a real {}.", overrides={"people": "a crowd."}, seed=7
+    )
+    assert [(e.image_id, e.class_id, e.seed) for e in plan] == [
+        ("sd_001_0001", 1, 7), ("sd_001_0002", 1, 8), ("sd_002_0001", 2, 9), ("sd_002_0002", 2, 10),
+    ]  # fmt: skip
+    assert [e.prompt for e in plan] == ["a photo of a cat, a real cat."] * 2 + ["a crowd."] * 2
+
+
+def test_region_keys_are_the_mean_patch_tokens_under_each_region():
+    from wsss_core.cam.diclip.cache import region_keys
+
+    # a 2x2 token grid: CLS, then patches (1, 0), (0, 1), (0, 0), (2, 2)
+    features = torch.tensor([[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [2.0, 2.0]])
+    labels = np.zeros((4, 4), dtype=np.uint8)
+    labels[:2, :2] = 3  # the top-left patch's pixels: foreground, whatever the class
+    keys = region_keys(features, labels, (2, 2))
+    np.testing.assert_allclose(keys, [[1.0, 0.0], [2 / 3, 1.0]])
+    empty = region_keys(features, np.zeros((4, 4), dtype=np.uint8), (2, 2))
+    assert np.isnan(empty[0]).all() and np.allclose(empty[1], [0.75, 0.75])
+
+
+def test_keys_are_clustered_background_first_with_one_hot_values():
+    from wsss_core.cam.diclip.cache import cluster_keys
+    from wsss_core.store.table import ArtifactError
+
+    # two images per class, each [foreground, background]; class 2's second image has no foreground
+    regions = np.array(
+        [[[1, 0], [0, 0]], [[1, 0.2], [0, 0.2]], [[0, 1], [0.5, 0]], [[np.nan, np.nan], [0.5, 0.1]]], dtype=np.float32
+    )
+    cache = cluster_keys(regions, [1, 1, 2, 2], 2, clusters=1, background_clusters=2, random_state=0, n_init=1, key="k")
+    assert cache.class_ids.tolist() == [0, 0, 1, 2]
+    np.testing.assert_array_equal(cache.values, np.eye(3)[[0, 0, 1, 2]])
+    np.testing.assert_allclose(cache.keys[2:], [[1.0, 0.1], [0.0, 1.0]])  # class means; the empty region skipped
+    assert cache.keys.dtype == np.float32
+    with pytest.raises(ArtifactError, match=r"k\.clusters: 2 keys asked for the class 2, but only 1 images"):
+        cluster_keys(regions, [1, 1, 2, 2], 2, clusters=2, background_clusters=2, random_state=0, n_init=1, key="k")

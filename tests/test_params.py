@@ -718,6 +718,7 @@ def _expected_stages(overlay: dict) -> list[str]:
     return [
         "prepare",
         *(f"sam_masks@{name}" for name in names("sam_masks", "runs")),
+        *(f"sd_cache@{name}" for name in names("sd_cache", "runs")),
         *(f"describe@{name}" for name in names("describe", "runs")),
         *(f"learn@{name}" for name in names("learn", "runs")),
         *(f"adapt@{name}" for name in names("adapt", "runs")),

@@ -17,7 +17,9 @@ from PIL import Image
 from tests.conftest import ROOT, TINY_CLIP_CFG
 from tests.test_dvc_pipeline import copy_pipeline, dvc, stages_run
 from tests.test_models_sam import TINY
+from tests.test_sd_cache import TINY_MASKS, tiny_cache_run
 from tests.test_segment_networks import TINY_RESNET, TINY_VIT
+from tests.tiny_sd import save_tiny_pipeline
 from wsss_core.data import generate_synthetic
 from wsss_core.hashing import sha256_file, sha256_path
 from wsss_core.params import apply_preset, load_params
@@ -43,6 +45,8 @@ METHOD_FAMILIES = {
     },
     # ExCEL retrains nothing: its adapter's head predicts
     "excel": {"prepare", "describe", "adapt", "cams", "seeds", "evaluate", "predict", "evaluate_predictions"},
+    # DiCLIP (training-free so far): its Stable Diffusion cache, then CAMs that retrieve from it
+    "diclip": {"prepare", "sd_cache", "cams", "seeds", "evaluate"},
     # WeakTr loads no CLIP: its own CAM network, then the ViT segmenter
     "weaktr": {
         "prepare",
@@ -123,7 +127,7 @@ def write_coco(root: Path, source: Path) -> None:
 def write_checkpoints(folder: Path) -> dict[str, str]:
     """Tiny models saved as the published files are: OpenAI's CLIP state dict (half precision, with its metadata
     entries), SAM's state dict .pth, torchvision's ResNet state dict, DeiT's {"model": state dict} with its
-    classifier. Returns file name -> sha256."""
+    classifier, Stable Diffusion pipelines in diffusers' layout. Returns file name -> sha256 (of the single files)."""
     from wsss_core.models.compat import ensure_torchvision
 
     ensure_torchvision()  # before open_clip, segment-anything and torchvision are imported (see models/compat.py)
@@ -143,14 +147,16 @@ def write_checkpoints(folder: Path) -> dict[str, str]:
     torch.save(ResNet(Bottleneck, TINY_RESNET).state_dict(), folder / "resnet_tiny.pth")
     deit = timm.create_model("deit_small_patch16_224", pretrained=False, num_classes=1000, img_size=64, **TINY_VIT)
     torch.save({"model": deit.state_dict()}, folder / "deit_tiny.pth")
-    return {path.name: sha256_file(path) for path in folder.iterdir()}
+    save_tiny_pipeline(folder / "stable-diffusion-v1-5")
+    save_tiny_pipeline(folder / "stable-diffusion-2-1-base", (4, 4))  # 4 heads where DiCLIP reads heads 1 and 2
+    return {path.name: sha256_file(path) for path in folder.iterdir() if path.is_file()}
 
 
 def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
     """The preset with tiny models and schedules; every stage, path and method setting otherwise as the preset's."""
     clip = params["models"]["clip"]
     clip.update(model_cfg=TINY_CLIP_CFG, sha256=hashes["ViT-B-16.pt"])  # the file keeps its official name
-    for section in ("describe", "adapt", "cam_nets", "cams", "learn", "sam_masks", "retrain"):
+    for section in ("sd_cache", "describe", "adapt", "cam_nets", "cams", "learn", "sam_masks", "retrain"):
         params[section]["device"] = "cpu"
     deit = {"checkpoint": "checkpoints/deit_tiny.pth", "sha256": hashes["deit_tiny.pth"]}
     for run in params["cam_nets"]["runs"].values():
@@ -164,6 +170,10 @@ def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
             run["caa_layers"] = 2  # the tiny CLIP has 3 blocks
         if run["method"] == "excel_adapter":
             run.update(input_size=64, par_iterations=2)
+        if run["method"] == "diclip":
+            run.update(TINY_MASKS)
+    for run in params["sd_cache"]["runs"].values():
+        run.update(tiny_cache_run(run), masks={**run["masks"], **TINY_MASKS})  # its checkpoints, the preset's words
     params["adapt"]["checkpoint_every"] = 2
     for run in params["adapt"]["runs"].values():
         run.update(svc_layers=2, caa_layers=2, iterations=2, batch_size=2, crop_size=32, warmup_iterations=1)

@@ -58,6 +58,10 @@ def pipeline_stages(params: dict[str, Any]) -> list[Stage]:
     stages = [Stage("prepare", {"dataset.root": params["dataset"]["root"]}, (INDEX,), "dataset")]
     for name in params["sam_masks"]["runs"]:
         stages.append(Stage(f"sam_masks@{name}", {}, (f"artifacts/masks_{name}",), f"sam_masks.runs.{name}"))
+    for name, run in params["sd_cache"]["runs"].items():
+        key = f"sd_cache.runs.{name}"
+        reads = {f"{key}.generator": run["generator"], f"{key}.diffusion": run["diffusion"], **_clip_read(params)}
+        stages.append(Stage(f"sd_cache@{name}", reads, (f"artifacts/sd_cache_{name}",), key))
     for name, run in params["describe"]["runs"].items():
         reads = {f"describe.runs.{name}.reads": run["reads"], **_clip_read(params)}
         stages.append(Stage(f"describe@{name}", reads, (f"artifacts/descriptions_{name}",), f"describe.runs.{name}"))

@@ -9,9 +9,11 @@ from wsss_core.adapter import ADAPT_METHODS
 from wsss_core.adapter import RUN as ADAPT_RUN
 from wsss_core.cam.methods import CAM_METHODS
 from wsss_core.cam.methods.common import RUN as CAM_RUN
+from wsss_core.cam.methods.diclip import KERNEL as DICLIP_KERNEL
+from wsss_core.cam.methods.diclip import TEXTS as DICLIP_TEXTS
 from wsss_core.camnet import CAM_NETS
 from wsss_core.params.spec import MapOf, Schema, Spec
-from wsss_core.prompts.vocabulary import BACKGROUND_WORD_CHOICES, CLASS_WORD_CHOICES
+from wsss_core.prompts.vocabulary import BACKGROUND_WORD_CHOICES, CACHE_WORD_CHOICES, CLASS_WORD_CHOICES
 
 DATASET: Schema = {
     "kind": Spec(str, "synthetic", "dataset layout", choices=("synthetic", "voc", "coco", "folder")),
@@ -503,6 +505,62 @@ ADAPT: Schema = {
 }
 
 
+# DiCLIP's generation prompt (maintain_kv_cache/SD_generate_imgs/voc_generation.py), {} the class word, and the two
+# words it prompts differently.
+DICLIP_PROMPT = (
+    "a realistic photograph of a fully visible, entire {} with natural colors, centered in the image, with a clear and "
+    "distinct background, high color contrast, and the {} should not occupy the entire image frame, ensuring the {} is "
+    "completely visible without any part being cropped."
+)
+DICLIP_PROMPT_OVERRIDES = {
+    word: f"a realistic photograph of a fully visible, entire {subject}, centered in the image with natural colors, a "
+    f"clear and distinct background, and high contrast between the {subject} and background. The {subject} should be "
+    "fully visible, not cropped, and should not occupy the whole image frame."
+    for word, subject in (("people", "person"), ("buses", "bus"))
+}
+
+SD_CACHE_RUN: Schema = {
+    # Required, like every key dvc.yaml interpolates: DVC reads the file, not these defaults.
+    "generator": Spec(
+        str, None, "diffusers directory of the SD pipeline that draws the images (DiCLIP's code: SD 1.5)"
+    ),
+    "diffusion": Spec(
+        str,
+        None,
+        "diffusers directory of the SD pipeline VCE reads, for the masks here and for the CAM runs that read this "
+        "cache (DiCLIP: SD 2.1 base)",
+    ),
+    "images_per_class": Spec(int, 50, "images drawn per foreground class", min=1),
+    "class_words": Spec(
+        str, "dataset", "words naming the classes in the prompt: the dataset's or DiCLIP's", choices=CACHE_WORD_CHOICES
+    ),
+    "prompt": Spec(str, DICLIP_PROMPT, "generation prompt; every {} is replaced by the class word"),
+    "prompt_overrides": Spec(dict, DICLIP_PROMPT_OVERRIDES, "class word -> the prompt it gets instead"),
+    "steps": Spec(int, 45, "denoising steps", min=1),
+    "guidance_scale": Spec(float, 10.0, "classifier-free guidance scale", min=0.0),
+    "size": Spec(int, 384, "side of the generated image in pixels (a multiple of 8)", min=8),
+    "stored_size": Spec(int, 512, "side it is resized to (PIL Lanczos) and stored at", min=8),
+    "seed": Spec(int, 0, "image j of the run is drawn from seed + j (the reference's generation is unseeded)", min=0),
+    "masks": {
+        **DICLIP_TEXTS,
+        **DICLIP_KERNEL,
+        "box_threshold": Spec(float, 0.79, "CAA box mask threshold (times max)", min=0.0, max=1.0),
+    },
+    "clusters": Spec(int, 10, "keys per foreground class (KMeans; DiCLIP: 10 VOC, 5 COCO)", min=1),
+    "background_clusters": Spec(int, 25, "background keys (KMeans over every image's background)", min=1),
+    "random_state": Spec(int, 0, "KMeans seed", min=0),
+    "n_init": Spec(int, 1, "KMeans restarts (scikit-learn >= 1.4's default for k-means++)", min=1),
+}
+
+SD_CACHE: Schema = {
+    "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N"),
+    "runs": MapOf(
+        SD_CACHE_RUN,
+        "TSA's synthetic key-value caches (DiCLIP): images drawn per class, their masks, keys and values; each "
+        "becomes artifacts/sd_cache_<name>",
+    ),
+}
+
 CAM_NETS_SECTION: Schema = {
     "device": Spec(str, "auto", "auto (CUDA when present), cpu, cuda, cuda:N; for training and CAMs"),
     "pinned_cpu": PINNED_CPU,
@@ -611,6 +669,7 @@ SECTIONS: dict[str, Schema] = {
     "dataset": DATASET,
     "models": MODELS,
     "sam_masks": SAM_MASKS,
+    "sd_cache": SD_CACHE,
     "describe": DESCRIBE,
     "learn": LEARN,
     "adapt": ADAPT,

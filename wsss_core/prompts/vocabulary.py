@@ -161,7 +161,14 @@ def prompts_for(names: Sequence[str], template: str = CLIP_ES_TEMPLATE) -> list[
     return [template.replace("{}", name) for name in names]
 
 
+# The words DiCLIP's cache generation puts in its prompts for VOC's classes (its README's category list).
+DICLIP_VOC_WORDS: tuple[str, ...] = (
+    "plane", "bicycle", "bird", "boat", "bottle", "buses", "car", "cat", "chair", "cow",
+    "table", "dog", "horse", "motorbike", "people", "plant", "sheep", "sofa", "train", "monitor",
+)  # fmt: skip
+
 CLASS_WORD_CHOICES = ("dataset", "clip_es_voc", "clip_es_coco")
+CACHE_WORD_CHOICES = ("dataset", "diclip_voc")
 BACKGROUND_WORD_CHOICES = ("clip_es_voc", "clip_es_coco", "none")
 
 
@@ -170,7 +177,12 @@ def class_words(setting: str, class_names: Sequence[str], key: str) -> list[str]
     lists, which must name as many classes as the dataset has. `key` names the param in the error."""
     from wsss_core.params import ParamsError
 
-    words = {"dataset": list(class_names[1:]), "clip_es_voc": CLIP_ES_VOC_NAMES, "clip_es_coco": CLIP_ES_COCO_NAMES}
+    words = {
+        "dataset": list(class_names[1:]),
+        "clip_es_voc": CLIP_ES_VOC_NAMES,
+        "clip_es_coco": CLIP_ES_COCO_NAMES,
+        "diclip_voc": DICLIP_VOC_WORDS,
+    }
     chosen = list(words[setting])
     if len(chosen) != len(class_names) - 1:
         raise ParamsError(f"{key}: {setting!r} names {len(chosen)} classes, the dataset has {len(class_names) - 1}")

@@ -1,6 +1,7 @@
 """DiCLIP's fusion of the ACR affinity into CLIP: the new path of CLIP Surgery's dual path in the last blocks.
 
-In each of the last `FUSED_LAYERS` blocks the new path attends with, per head h and s = head_dim ** -0.5,
+In each of the last `fused_layers` blocks (DiCLIP: 3, blocks -1, -2 and -3) the new path attends with, per head h
+and s = head_dim ** -0.5,
 
     S_h = softmax(q q^T s) + 2 softmax(k k^T s),   S_h[patches, patches] += R
 
@@ -16,8 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-FUSED_LAYERS = 3  # DiCLIP replaces the attention of blocks -1, -2 and -3
 
 
 def diclip_correlation(affinity: Tensor | None) -> Callable[[Any], Tensor]:

@@ -142,6 +142,31 @@ def share_against_background(refined: Tensor) -> Tensor:
     return torch.where(total > 0, classes / total.where(total > 0, 1.0), 0.0)
 
 
+def network_input(image: np.ndarray, mean: Tensor, std: Tensor, size: int, device) -> Tensor:
+    """uint8 (H, W, 3) -> (1, 3, size, size): normalised with `mean` and `std` (1, 3, 1, 1, on 0..255 values), then
+    resized bilinearly (align_corners False, no antialiasing) whatever the aspect ratio, on `device`."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"image must be a uint8 (H, W, 3) array, got {getattr(image, 'dtype', type(image))} "
+            f"{getattr(image, 'shape', '')}"
+        )
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    pixels = ((pixels - mean) / std).to(device)
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def calibrated_attention_affinity(result, heads: int, *, rounds: int, power: int) -> Tensor:
+    """CAA's transition matrix (hw, hw) from the original path's attention a dual-path pass captured (batch item 0):
+    nn.MultiheadAttention averages its heads, while ExCEL's and DiCLIP's calibrated blocks return the sum over
+    heads, so those blocks weigh `heads` times more in the layer mean (the reference's quirk)."""
+    maps = [
+        result.attentions[i][0].float().mean(dim=0) * (heads if i >= result.first_calibrated else 1)
+        for i in sorted(result.attentions)
+    ]
+    matrix = torch.stack(maps).mean(dim=0)[1:, 1:]
+    return patch_affinity(matrix, rounds=rounds, power=power)
+
+
 class ExcelCams:
     """ExCEL training-free CAM generator for a dataset's classes.
 
@@ -194,15 +219,7 @@ class ExcelCams:
 
     def prepare(self, image: np.ndarray) -> Tensor:
         """uint8 (H, W, 3) -> (1, 3, S, S) normalised, then resized bilinearly to S = input_size, on clip.device."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(
-                f"image must be a uint8 (H, W, 3) array, got {getattr(image, 'dtype', type(image))} "
-                f"{getattr(image, 'shape', '')}"
-            )
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-        pixels = ((pixels - self._mean) / self._std).to(self.clip.device)
-        size = self.settings.input_size
-        return F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        return network_input(image, self._mean, self._std, self.settings.input_size, self.clip.device)
 
     def view_size(self, scale: float) -> int:
         """Input side of the view at `scale`: int(scale * input_size), rounded up to the patch size."""
@@ -226,13 +243,9 @@ class ExcelCams:
             return feature_affinity(
                 tokens, rounds=settings.sinkhorn_rounds, power=settings.affinity_power, beta=settings.feature_power
             )
-        heads = self.runner.num_heads
-        # nn.MultiheadAttention averages its heads; ExCEL's calibrated blocks return the sum over heads
-        maps = [
-            result.attentions[i][0].float().mean(dim=0) * (heads if i >= result.first_calibrated else 1) for i in layers
-        ]
-        matrix = torch.stack(maps).mean(dim=0)[1:, 1:]
-        return patch_affinity(matrix, rounds=settings.sinkhorn_rounds, power=settings.affinity_power)
+        return calibrated_attention_affinity(
+            result, self.runner.num_heads, rounds=settings.sinkhorn_rounds, power=settings.affinity_power
+        )
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, class_ids: Sequence[int]) -> ExcelCamResult:

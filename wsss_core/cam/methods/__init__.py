@@ -7,17 +7,19 @@ Every method module has:
   SETTINGS: Schema          its keys of a cams run besides the common ones (`common.RUN`)
   READS: str | None         the artifact family its run reads besides the index ("prompts": artifacts/prompts_<run>,
                             "descriptions": artifacts/descriptions_<run>,
-                            "adapter": artifacts/adapter_<run>)
+                            "adapter": artifacts/adapter_<run>,
+                            "sd_cache": artifacts/sd_cache_<run>)
   build(clip, run, class_names) -> CamGenerator
 """
 
 from __future__ import annotations
 
-from wsss_core.cam.methods import clip_es, excel, excel_adapter, fma_prompts
+from wsss_core.cam.methods import clip_es, diclip, excel, excel_adapter, fma_prompts
 
 CAM_METHODS = {
     "clip_es": clip_es,
     "fma_prompts": fma_prompts,
     "excel": excel,
     "excel_adapter": excel_adapter,
+    "diclip": diclip,
 }
