@@ -54,6 +54,16 @@ def _sd_cache() -> None:
     run_ok("sd_cache", "probe")
 
 
+def _diclip_adapter() -> None:
+    """DiCLIP's adapter, trained by the adapt stage on the cache above (a few iterations on small crops)."""
+    from tests.test_sd_cache import TINY_ADAPT
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["adapt"]["runs"]["diclip_probe"] = {"method": "diclip", "reads": "artifacts/sd_cache_probe", **TINY_ADAPT}
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_ok("adapt", "diclip_probe")
+
+
 # READS kind -> (the artifact a run of that kind reads, the stage and argument that make it, or a function)
 READ_ARTIFACTS = {
     None: ("artifacts/index", None),
@@ -62,8 +72,10 @@ READ_ARTIFACTS = {
     "adapter": ("artifacts/adapter_probe", _adapter),
     "sd_cache": ("artifacts/sd_cache_probe", _sd_cache),
 }
+# A method whose artifact is another method's kind (a DiCLIP adapter, not ExCEL's) names its own maker
+METHOD_READS = {"diclip_adapter": ("artifacts/adapter_diclip_probe", _diclip_adapter)}
 # Settings a method needs on the tiny models, besides its depth (caa_layers, svc_layers: the tiny CLIP has 3 blocks)
-TINY_SETTINGS = {"diclip": TINY_MASKS}
+TINY_SETTINGS = {"diclip": TINY_MASKS, "diclip_adapter": {"input_size": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +86,7 @@ def indexed(tmp_path_factory):
         patch.chdir(root)
         run_ok("demo_data")
         run_ok("prepare")
-        for _, maker in READ_ARTIFACTS.values():
+        for _, maker in [*READ_ARTIFACTS.values(), *METHOD_READS.values()]:
             if callable(maker):
                 maker()
             elif maker:
@@ -102,7 +114,7 @@ def test_methods_declare_settings_apart_from_the_common_keys():
 def test_every_method_writes_a_cam_artifact(method, resolution, indexed, monkeypatch):
     monkeypatch.chdir(indexed)
     params = yaml.safe_load((indexed / "params.yaml").read_text())
-    reads, _ = READ_ARTIFACTS[CAM_METHODS[method].READS]
+    reads, _ = METHOD_READS.get(method) or READ_ARTIFACTS[CAM_METHODS[method].READS]
     run = {"method": method, "reads": reads, "store_resolution": resolution}
     for key in ("caa_layers", "svc_layers"):
         if key in CAM_METHODS[method].SETTINGS:

@@ -17,7 +17,7 @@ from PIL import Image
 from tests.conftest import ROOT, TINY_CLIP_CFG
 from tests.test_dvc_pipeline import copy_pipeline, dvc, stages_run
 from tests.test_models_sam import TINY
-from tests.test_sd_cache import TINY_MASKS, tiny_cache_run
+from tests.test_sd_cache import TINY_ADAPT, TINY_MASKS, tiny_cache_run
 from tests.test_segment_networks import TINY_RESNET, TINY_VIT
 from tests.tiny_sd import save_tiny_pipeline
 from wsss_core.data import generate_synthetic
@@ -45,8 +45,17 @@ METHOD_FAMILIES = {
     },
     # ExCEL retrains nothing: its adapter's head predicts
     "excel": {"prepare", "describe", "adapt", "cams", "seeds", "evaluate", "predict", "evaluate_predictions"},
-    # DiCLIP (training-free so far): its Stable Diffusion cache, then CAMs that retrieve from it
-    "diclip": {"prepare", "sd_cache", "cams", "seeds", "evaluate"},
+    # DiCLIP retrains nothing either: its Stable Diffusion cache starts the adapter, whose head predicts
+    "diclip": {
+        "prepare",
+        "sd_cache",
+        "adapt",
+        "cams",
+        "seeds",
+        "evaluate",
+        "predict",
+        "evaluate_predictions",
+    },
     # WeakTr loads no CLIP: its own CAM network, then the ViT segmenter
     "weaktr": {
         "prepare",
@@ -172,10 +181,15 @@ def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
             run.update(input_size=64, par_iterations=2)
         if run["method"] == "diclip":
             run.update(TINY_MASKS)
+        if run["method"] == "diclip_adapter":
+            run["input_size"] = 64
     for run in params["sd_cache"]["runs"].values():
         run.update(tiny_cache_run(run), masks={**run["masks"], **TINY_MASKS})  # its checkpoints, the preset's words
     params["adapt"]["checkpoint_every"] = 2
     for run in params["adapt"]["runs"].values():
+        if run["method"] == "diclip":
+            run.update(TINY_ADAPT)
+            continue
         run.update(svc_layers=2, caa_layers=2, iterations=2, batch_size=2, crop_size=32, warmup_iterations=1)
         run.update(dynamic_from=1, seg_affinity_from=2, par_iterations=2, embedding_dim=32, heads=4)
     for run in params["sam_masks"]["runs"].values():

@@ -179,3 +179,56 @@ def test_diclip_cams_refuse_a_diffusion_model_other_than_the_caches(sd_dirs, tmp
     save_file({name: tensor + 1 for name, tensor in load_file(weights).items()}, weights)
     with pytest.raises(ArtifactError, match=r"not the ones the cache was made with .*unet/diffusion_pytorch_model"):
         load_cache_diffusion(record, "cpu", "artifacts/sd_cache_tiny")
+
+
+# DiCLIP's training on the tiny models: 64-px crops (4x4 tokens), every switch of its schedule inside 3 iterations
+TINY_ADAPT = {
+    **TINY_MASKS,
+    "fused_layers": 2,
+    "iterations": 3,
+    "batch_size": 2,
+    "crop_size": 64,
+    "warmup_iterations": 1,
+    "embedding_dim": 32,
+    "heads": 4,
+    "adapter_size": 96,  # above the tiny COCO cache's 82 keys
+    "caa_affinity_from": 1,
+    "seg_affinity_from": 2,
+}
+
+
+def test_diclip_adapter_trains_on_the_cache_and_its_head_predicts(cache_project):
+    from wsss_core.adapter.artifact import load_adapter
+    from wsss_core.models.loading import clip_from_params
+
+    run_ok("sd_cache", "tiny")
+    params = yaml.safe_load((cache_project / "params.yaml").read_text())
+    params["adapt"].update(device="cpu", checkpoint_every=2)
+    params["adapt"]["runs"] = {"diclip": {"method": "diclip", "reads": "artifacts/sd_cache_tiny", **TINY_ADAPT}}
+    variant = {"segmenter": "artifacts/adapter_diclip", "reads": "artifacts/adapter_diclip", "scales": [1.0, 0.5]}
+    variant.update(flip=True, unflipped_scales=[1.0], resize="square", input_size=64, merge="logits")
+    params["retrain"]["predict"]["variants"] = {"diclip": variant}
+    (cache_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_ok("adapt", "diclip")
+
+    curve = (cache_project / "metrics" / "adapt_diclip" / "loss.csv").read_text().splitlines()
+    assert curve[0] == "iteration,loss,seg_loss,diversity_loss,dynamic_loss" and len(curve) == 4
+    for row in curve[1:]:  # loss = seg + 0.1 diversity + 0.1 dynamic
+        _, loss, seg, diversity, dynamic = (float(value) for value in row.split(","))
+        assert loss == pytest.approx(seg + 0.1 * diversity + 0.1 * dynamic, rel=1e-5)
+    artifact = cache_project / "artifacts" / "adapter_diclip"
+    provenance = json.loads((artifact / "provenance.json").read_text())
+    assert provenance["checkpoints"]["vce"]["source"].endswith("vce") and "sd_cache" in provenance["upstream"]
+
+    # the adapter starts as the cache: its first rows of fc1 are the keys (training moved them a little)
+    clip = clip_from_params(params["models"]["clip"], "cpu")
+    model, _ = load_adapter(artifact, clip, "cpu")
+    keys = np.array(pq.read_table(cache_project / "artifacts" / "sd_cache_tiny" / "keys.parquet")["key"].to_pylist())
+    trained = model.adapter.fc1.weight.detach().numpy()
+    assert np.abs(trained[: len(keys)] - keys).max() < 0.05 < np.abs(trained[len(keys) :]).mean()
+
+    run_ok("predict", "diclip")
+    run_ok("evaluate", "predictions_diclip")
+    predictions = DenseMaps(cache_project / "artifacts" / "predictions_diclip.zarr", kind="labels")
+    assert predictions[0].shape == (64, 64)
+    assert predictions.provenance["upstream"]["segmenter"]["path"] == "artifacts/adapter_diclip"

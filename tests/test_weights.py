@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import re
+import shutil
 import socket
 import threading
 import types
@@ -395,7 +397,65 @@ def test_every_preset_names_official_files_of_the_catalogue(preset):
         assert names == {"deit_small_patch16_224-cd65a155.pth"}
         return
     expected = {"ViT-B-16.pt"} | ({"sam_vit_h_4b8939.pth", "resnet101-63fe2227.pth"} if "fma" in preset else set())
+    if preset.startswith("diclip"):  # its cache's two Stable Diffusion pipelines
+        expected |= {"stable-diffusion-v1-5", "stable-diffusion-2-1-base"}
     assert names == expected
-    assert all(item.entry is weights.CHECKPOINTS[item.path.name] for item in required)
+    catalogue = weights.CHECKPOINTS | weights.PIPELINES
+    assert all(item.entry is catalogue[item.path.name] for item in required)
     clip = next(item for item in required if item.key == "models.clip.checkpoint")
     assert clip.pinned_sha256 == weights.CHECKPOINTS["ViT-B-16.pt"]["sha256"]  # the preset pins the official hash
+
+
+# --- Stable Diffusion pipelines (diffusers directories) ---
+
+
+def _pipeline(folder: Path, components=("unet", "vae", "text_encoder")) -> Path:
+    """A directory in diffusers' layout with placeholder weight files (verify checks the layout, not the weights)."""
+    index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "PNDMScheduler"]}
+    for component in ("unet", "vae", "text_encoder"):
+        index[component] = ["diffusers", "X"]
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    for component in components:
+        (folder / component).mkdir()
+        (folder / component / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def _sd_required(path: Path) -> Required:
+    return Required("sd_cache.runs.voc.diffusion", path, weights.PIPELINES["stable-diffusion-2-1-base"])
+
+
+def test_verify_checks_a_pipeline_directory_layout(tmp_path):
+    missing = verify([_sd_required(tmp_path / "stable-diffusion-2-1-base")])
+    assert [p.kind for p in missing] == ["missing"]
+    assert "huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir" in missing[0].message
+    partial = _pipeline(tmp_path / "partial" / "stable-diffusion-2-1-base", components=("unet", "vae"))
+    (problem,) = verify([_sd_required(partial)])
+    assert problem.kind == "layout" and "no weight files for text_encoder" in problem.message
+    assert verify([_sd_required(_pipeline(tmp_path / "full" / "stable-diffusion-2-1-base"))]) == []
+
+
+def test_fetch_downloads_a_pipeline_through_a_partial_directory(tmp_path):
+    calls = []
+
+    def snapshot(**arguments):  # stands for huggingface_hub.snapshot_download: no network in tests
+        calls.append(arguments)
+        shutil.rmtree(arguments["local_dir"], ignore_errors=True)
+        _pipeline(Path(arguments["local_dir"]))
+
+    target = tmp_path / "checkpoints" / "stable-diffusion-2-1-base"
+    target.parent.mkdir()
+    assert fetch([_sd_required(target)], snapshot=snapshot) == [target]
+    assert verify([_sd_required(target)]) == [] and not target.with_name(target.name + ".partial").exists()
+    assert calls[0]["repo_id"] == "stabilityai/stable-diffusion-2-1-base"
+    assert "safety_checker/*" in calls[0]["ignore_patterns"]
+
+    def incomplete(**arguments):
+        _pipeline(Path(arguments["local_dir"]), components=("unet",))
+
+    other = tmp_path / "checkpoints" / "stable-diffusion-v1-5"
+    item = Required("sd_cache.runs.voc.generator", other, weights.PIPELINES["stable-diffusion-v1-5"])
+    with pytest.raises(FetchError, match="incomplete .*no weight files for vae, text_encoder"):
+        fetch([item], snapshot=incomplete)
+    assert not other.exists() and not other.with_name(other.name + ".partial").exists()

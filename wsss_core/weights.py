@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -93,6 +94,30 @@ class FetchError(RuntimeError):
     """A download did not match its pinned size or sha256, or cannot be placed without overwriting a file."""
 
 
+# Diffusers pipeline directories (Hugging Face repositories) -> what they are and where they are published. They are
+# not pinned by hash (a repository's files change with its revisions): `verify` checks the layout (model_index.json
+# and the weight files of the components a Stable Diffusion pipeline loads), and the stages record every weight file's
+# sha256 in their artifacts' provenance. `fetch` downloads those files only (no single-file checkpoints, no fp16
+# copies, no safety checker, which the stages never load).
+PIPELINES: dict[str, dict[str, Any]] = {
+    "stable-diffusion-2-1-base": {
+        "what": "Stable Diffusion 2.1 base, diffusers layout (DiCLIP's VCE attention)",
+        "repo": "stabilityai/stable-diffusion-2-1-base",
+    },
+    "stable-diffusion-v1-5": {
+        "what": "Stable Diffusion 1.5, diffusers layout (DiCLIP's code draws its cache with it)",
+        # runwayml/stable-diffusion-v1-5 was withdrawn in 2024; this is the copy its maintainers point to
+        "repo": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    },
+}
+for _entry in PIPELINES.values():
+    _entry.update(url=f"https://huggingface.co/{_entry['repo']}", sha256=None, size=None, sha256_prefix=None)
+PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder")  # the weights a Stable Diffusion pipeline cannot do without
+PIPELINE_FILES = ("model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors")
+PIPELINE_FILES += ("*/model.safetensors",)
+PIPELINE_SKIPPED = ("safety_checker/*",)
+
+
 @dataclass(frozen=True)
 class Required:
     """One checkpoint file a params file asks for."""
@@ -111,12 +136,21 @@ class Required:
     def url(self) -> str | None:
         return None if self.entry is None else self.entry["url"]
 
+    @property
+    def is_pipeline(self) -> bool:
+        """A diffusers pipeline directory (PIPELINES), not a single file."""
+        return self.entry is not None and "repo" in self.entry
+
+    @property
+    def present(self) -> bool:
+        return self.path.is_dir() if self.is_pipeline else self.path.is_file()
+
 
 @dataclass(frozen=True)
 class Problem:
     key: str
     path: Path
-    kind: str  # "missing" | "size" | "sha256"
+    kind: str  # "missing" | "size" | "sha256" | "layout"
     message: str
 
 
@@ -158,6 +192,10 @@ def required_checkpoints(params: Mapping[str, Any]) -> list[Required]:
         network = run.get("network")
         if network in ("deeplabv3plus", "weaktr"):  # weclip_head reuses the CLIP above
             found.append(_required(f"retrain.runs.{name}.{network}", run.get(network, {})))
+    for name, run in params.get("sd_cache", {}).get("runs", {}).items():
+        for role in ("generator", "diffusion"):
+            path = Path(run[role])
+            found.append(Required(f"sd_cache.runs.{name}.{role}", path, PIPELINES.get(path.name)))
     return [item for item in found if item is not None]
 
 
@@ -189,6 +227,11 @@ def pin_note(item: Required) -> str:
 
 
 def _where_to_get(item: Required) -> str:
+    if item.is_pipeline:
+        return (
+            f"download it with `huggingface-cli download {item.entry['repo']} --local-dir {item.path}` "
+            "(or run `wsss weights fetch`)"
+        )
     if item.url:
         return f"download it from {item.url} (or run `wsss weights fetch`)"
     return "it is not in the weights catalogue: provide the file yourself"
@@ -203,6 +246,9 @@ def verify(required: Iterable[Required]) -> list[Problem]:
     problems: list[Problem] = []
     hashes: dict[Path, str] = {}  # a file several keys name is hashed once
     for item in required:
+        if item.is_pipeline or item.path.is_dir():
+            problems += _verify_pipeline(item)
+            continue
         if not item.path.is_file():
             if not item.made_by_pipeline:
                 message = f"{item.key}: {item.path} is missing; {_where_to_get(item)}"
@@ -228,6 +274,50 @@ def verify(required: Iterable[Required]) -> list[Problem]:
                 message = f"{item.key}: {item.path} has sha256 {actual}, expected {pin} ({source})"
                 problems.append(Problem(item.key, item.path, "sha256", message))
     return problems
+
+
+def _verify_pipeline(item: Required) -> list[Problem]:
+    """A diffusers pipeline directory: present, with model_index.json and the weights of its essential components."""
+    from wsss_core.models.diffusion import pipeline_weight_files
+
+    if not item.path.is_dir():
+        return [Problem(item.key, item.path, "missing", f"{item.key}: {item.path} is missing; {_where_to_get(item)}")]
+    if not (item.path / "model_index.json").is_file():
+        message = f"{item.key}: {item.path} is not a diffusers pipeline directory (no model_index.json)"
+        return [Problem(item.key, item.path, "layout", message)]
+    files = pipeline_weight_files(item.path)
+    empty = [component for component in PIPELINE_COMPONENTS if not files.get(component)]
+    if empty:
+        message = f"{item.key}: {item.path} has no weight files for {', '.join(empty)} (an interrupted download?)"
+        return [Problem(item.key, item.path, "layout", message)]
+    return []
+
+
+def _download_pipeline(item: Required, snapshot: Callable[..., Any]) -> None:
+    """Download a pipeline's files into NAME.partial beside its target, then move it into place once its layout is
+    complete, so an interrupted download never sits under the real name."""
+    partial = item.path.with_name(item.path.name + ".partial")
+    try:
+        snapshot(
+            repo_id=item.entry["repo"],
+            local_dir=str(partial),
+            allow_patterns=list(PIPELINE_FILES),
+            ignore_patterns=list(PIPELINE_SKIPPED),
+        )
+        problems = _verify_pipeline(Required(item.key, partial, item.entry))
+        if problems:
+            raise FetchError(f"{item.url}: the download is incomplete ({problems[0].message}); nothing was kept")
+        if item.path.exists():
+            raise FetchError(f"{item.path}: appeared during the download; left as it is")
+        os.replace(partial, item.path)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _hub_snapshot(**arguments: Any) -> Any:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(**arguments)
 
 
 def _download(item: Required, opener: Callable[[str], Any]) -> None:
@@ -262,6 +352,7 @@ def fetch(
     required: Iterable[Required],
     opener: Callable[[str], Any] = urllib.request.urlopen,
     report: Callable[[str], None] = lambda message: None,
+    snapshot: Callable[..., Any] = _hub_snapshot,
 ) -> list[Path]:
     """Download every missing catalogue file to its configured path; return the paths downloaded.
 
@@ -274,7 +365,10 @@ def fetch(
         if item.entry is None or item.path.exists():  # also skips a file an earlier key of this call fetched
             continue
         report(f"{item.key}: downloading {item.url} -> {item.path}")
-        _download(item, opener)
+        if item.is_pipeline:
+            _download_pipeline(item, snapshot)
+        else:
+            _download(item, opener)
         fetched.append(item.path)
     return fetched
 
@@ -302,7 +396,7 @@ def _required_of(path: Path) -> list[Required]:
 
 
 def _status(item: Required) -> str:
-    if item.path.is_file():
+    if item.present:
         return "present"
     return "made by the pipeline" if item.made_by_pipeline else "missing"
 

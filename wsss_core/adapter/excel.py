@@ -25,7 +25,7 @@ them, so changing them reruns nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from wsss_core.cam.methods.excel import PAR_SETTINGS, TEXT_SETTINGS
 from wsss_core.params.spec import Schema, Spec
 
 READS = "descriptions"  # artifacts/descriptions_<describe run>: the attribute bank (bank.zarr)
+LOSS_COLUMNS = ("loss", "seg_loss", "diversity_loss")  # the curve's columns (metrics/adapt_<run>/loss.csv)
 
 SETTINGS: Schema = {
     **TEXT_SETTINGS,
@@ -89,11 +90,13 @@ ARCHITECTURE_KEYS = (
 
 @dataclass
 class Fitted:
-    """A trained run: the model (on its device, eval mode), the curve rows and facts for the provenance."""
+    """A trained run: the model (on its device, eval mode), the curve rows, facts for the provenance and the weights
+    it loaded besides the CLIP (name -> their provenance record)."""
 
     model: Any
     curve: list[dict[str, Any]]
     details: dict[str, Any]
+    checkpoints: dict[str, Any] = field(default_factory=dict)
 
 
 class IndexData:

@@ -136,7 +136,9 @@ class ExcelAdapterModel(nn.Module):
         """The head's logits (B, K, h, w) on the token grid of normalised images (B, 3, H, W), nothing else."""
         clip_out = clip_pass(self.runner, images, svc_layers=self.svc_layers, attention_layers=0)
         calibrated = calibrated_tokens(self.runner, clip_out) if self.head_tokens == "reference" else None
-        return self.head(self._head_input(clip_out, calibrated), clip_out.grid)
+        logits = self.head(self._head_input(clip_out, calibrated), clip_out.grid)
+        self._captured.clear()  # the hook keeps F_d for `forward`; a prediction would otherwise pile them up
+        return logits
 
     def forward(self, images: Tensor, *, lvc: bool = False) -> AdapterOutput:
         """Normalised images (B, 3, H, W), H and W multiples of the patch size; see the module docstring."""

@@ -146,7 +146,7 @@ def excel_seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------------------- training
 
 
-def make_optimizer(model: ExcelAdapterModel, settings: AdaptSettings) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, settings: AdaptSettings) -> torch.optim.AdamW:
     """AdamW over the adapter and decoder groups, each remembering its lr multiplier (`lr_scale`)."""
     scales = {"adapter": settings.adapter_lr_scale, "decoder": settings.decoder_lr_scale}
     groups = [
@@ -183,7 +183,7 @@ def training_step(
 
 
 def train(
-    model: ExcelAdapterModel,
+    model: torch.nn.Module,
     data: AdaptData,
     settings: AdaptSettings,
     *,
@@ -191,9 +191,13 @@ def train(
     work_dir: str | Path,
     on_step: Callable[[int], None] | None = None,
     description: str = "adapt",
+    step_loss: Callable[..., tuple[torch.Tensor, dict[str, float]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train `model`'s head in place for `settings.iterations`; return the curve, one row per iteration
-    {iteration (0-based), loss, seg_loss, diversity_loss, lr (the base rate times the schedule)}.
+    {iteration (0-based), loss, its parts, lr (the base rate times the schedule)}.
+
+    `step_loss(model, images, present, step, settings)` gives a batch's loss and its named parts: ExCEL's
+    `training_step` (seg_loss, diversity_loss) unless another method's (wsss_core/adapter/diclip.py) is given.
 
     `work_dir` holds the checkpoint and must be specific to this run's inputs (the caller keys it by their hash); a
     checkpoint there is resumed from. `on_step(done)` runs after each iteration (tests use it to stand for a kill).
@@ -221,7 +225,7 @@ def train(
             group["lr"] = settings.lr * group["lr_scale"] * factor
         images, present = make_batch(data, step, settings)
         torch.manual_seed(step_seed(settings.seed, step))  # dropout draws of this step, the same after a resume
-        loss, parts = training_step(model, images.to(device), present, step, settings)
+        loss, parts = (step_loss or training_step)(model, images.to(device), present, step, settings)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"{description}: loss is {value} at iteration {step}; lower the learning rate")

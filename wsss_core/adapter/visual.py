@@ -31,12 +31,14 @@ blocks `heads` times more (wsss_core/cam/excel/cams.py reproduces the same quirk
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from wsss_core.cam.excel.svc import intra_correlation
+from wsss_core.cam.excel.svc import excel_correlation
 from wsss_core.models.clip_visual import VisualRunner
 
 
@@ -63,10 +65,18 @@ class ClipPass:
 
 
 @torch.no_grad()
-def clip_pass(runner: VisualRunner, images: Tensor, *, svc_layers: int, attention_layers: int) -> ClipPass:
+def clip_pass(
+    runner: VisualRunner,
+    images: Tensor,
+    *,
+    svc_layers: int,
+    attention_layers: int,
+    correlation: Callable[[Any], Tensor] = excel_correlation,
+) -> ClipPass:
     """Run the frozen tower on normalised images (B, 3, H, W) (H, W multiples of the patch size), keeping the
     original path's tokens, the attention of the last `attention_layers` blocks and SVC's pieces of the last
-    `svc_layers` blocks."""
+    `svc_layers` blocks. `correlation(trace)` is the new path's per-head map (ExCEL's intra-correlation; DiCLIP's
+    with the diffusion affinity, wsss_core/cam/diclip/fusion.py), summed over the heads."""
     blocks = runner.num_layers
     for name, value in (("svc_layers", svc_layers), ("attention_layers", attention_layers)):
         if not 0 <= value <= blocks:
@@ -87,7 +97,7 @@ def clip_pass(runner: VisualRunner, images: Tensor, *, svc_layers: int, attentio
             reduce = trace.attention.sum if index >= first_calibrated else trace.attention.mean
             attentions.append(reduce(dim=1))
         if index >= first_calibrated:
-            correlations.append(intra_correlation(trace.q, trace.k, trace.v).sum(dim=1, keepdim=True))
+            correlations.append(correlation(trace).sum(dim=1, keepdim=True))
             values.append(trace.v)
             mid_tokens.append(x_in + runner.blocks[index].ls_1(trace.attention_output))
         tokens.append(x)

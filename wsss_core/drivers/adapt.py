@@ -1,6 +1,6 @@
 """The adapt stage's work: train one adapter-learning run (`adapt.runs.<name>`, a method of wsss_core.adapter) on the
 training split and write `artifacts/adapter_<name>/` (wsss_core/adapter/artifact.py) and its curves,
-`metrics/adapt_<name>/loss.csv` (iteration, loss, seg_loss, diversity_loss) and `lr.csv` (iteration, lr).
+`metrics/adapt_<name>/loss.csv` (iteration and the method's LOSS_COLUMNS) and `lr.csv` (iteration, lr).
 
 Training resumes from `.wsss_scratch/adapter_<name>-<key>/` after a kill; the key hashes everything the result
 depends on (the run's params, models.clip, the sha256 of the index and of the artifact it reads) and the code.
@@ -15,10 +15,8 @@ from typing import Any
 
 from wsss_core.store.scratch import DEFAULT_SCRATCH
 
-LOSS_COLUMNS = ("loss", "seg_loss", "diversity_loss")
 
-
-def write_curves(directory: Path, curve: list[dict[str, Any]], columns: tuple[str, ...] = LOSS_COLUMNS) -> None:
+def write_curves(directory: Path, curve: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     """loss.csv (iteration and `columns`) and lr.csv for `dvc plots`, written atomically."""
     from wsss_core.store.atomic import atomic_file
 
@@ -87,7 +85,7 @@ def adapt(
         STAGE,
         read,
         upstream=upstream,
-        checkpoints={"clip": clip.provenance},
+        checkpoints={"clip": clip.provenance, **fitted.checkpoints},
         libraries=("open_clip_torch", "safetensors"),
         details={
             "run": name,
@@ -98,12 +96,12 @@ def adapt(
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
             "iterations_run": len(fitted.curve),
-            "final_loss": {column: last[column] for column in LOSS_COLUMNS},
+            "final_loss": {column: last[column] for column in method.LOSS_COLUMNS},
             **fitted.details,
         },
     )
     write_adapter(out, fitted.model, provenance)
-    write_curves(metrics_dir / f"adapt_{name}", fitted.curve)
+    write_curves(metrics_dir / f"adapt_{name}", fitted.curve, method.LOSS_COLUMNS)
     shutil.rmtree(work_dir, ignore_errors=True)
     release_lock(artifact_lock_file(out, scratch_root))
     return out

@@ -116,16 +116,28 @@ def _local_folder(source: str | Path, local_files_only: bool) -> Path:
         ) from error
 
 
-def _weight_file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of the weight files in the component subfolders that model_index.json names."""
+def pipeline_weight_files(folder: Path) -> dict[str, list[Path]]:
+    """The weight files of each component subfolder that model_index.json names, component by component (an empty
+    list for a component without weight files, e.g. the tokenizer or a folder not downloaded)."""
     index = json.loads((folder / "model_index.json").read_text())
     components = sorted(name for name, entry in index.items() if not name.startswith("_") and _is_component(entry))
-    hashes = {}
-    for component in components:
-        for file in sorted((folder / component).rglob("*")):
-            if file.is_file() and file.name.endswith(WEIGHT_SUFFIXES):
-                hashes[file.relative_to(folder).as_posix()] = sha256_file(file)
-    return hashes
+    return {
+        component: [
+            file
+            for file in sorted((folder / component).rglob("*"))
+            if file.is_file() and file.name.endswith(WEIGHT_SUFFIXES)
+        ]
+        for component in components
+    }
+
+
+def _weight_file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of the weight files in the component subfolders that model_index.json names."""
+    return {
+        file.relative_to(folder).as_posix(): sha256_file(file)
+        for files in pipeline_weight_files(folder).values()
+        for file in files
+    }
 
 
 def _is_component(entry: Any) -> bool:

@@ -10,7 +10,8 @@
   4. features divided by their norm over the tokens; feature surgery against the class and background texts
      gives the patch-text CAM;
   5. TSA's static retrieval from the SD key-value cache (retrieval.py), fused with weight `retrieval_weight`
-     (0.5; 0: the patch-text CAM alone, as when the cache's own masks are made);
+     (0.5; 0: the patch-text CAM alone, as when the cache's own masks are made), or, for a trained model, its
+     dynamic adapter's ReLU'd maps with weight 0.1;
   6. CAA on the original path's attention of the last `caa_layers` blocks (ExCEL's refine_cams_with_aff: box
      threshold 0.88 at inference, 0.79 for the cache masks);
   7. the recursive refinement by `refine_block`'s attention (recursive.py, `refine_iterations` rounds; 0: none),
@@ -23,7 +24,7 @@ reproducible per image); everything else is the reference's arithmetic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,6 @@ from wsss_core.models.clip import ClipModel
 from wsss_core.models.clip_text import encode_text
 from wsss_core.models.clip_visual import VisualRunner
 from wsss_core.models.diffusion import SdHandle, vce_pass
-
 
 LABEL_EPSILON = 1e-6  # cam_to_label_iseg min-maxes each class at the label's size
 
@@ -89,6 +89,49 @@ class DiclipSettings:
     store_resolution: str = "feature"
 
 
+_MEAN = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
+
+
+def sd_image(pixels: Tensor) -> np.ndarray:
+    """An ImageNet-normalised input (3, H, W) back to uint8 (H, W, 3), truncated as the reference's
+    denormalize_img: what VCE encodes."""
+    restored = pixels.detach().float().cpu() * _STD[0] + _MEAN[0]
+    return restored.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def diffusion_maps(sd: SdHandle, pixels: Tensor, settings: DiclipSettings, side: int) -> tuple[Tensor, Tensor | None]:
+    """VCE and ACR for normalised square inputs (B, 3, S, S): ACR's affinity R (B, side², side²) on CLIP's grid, on
+    the inputs' device, and the refinement layer's attention probabilities (B, heads, M, M), or None without
+    refinement. One UNet pass per image, each with the noise of `noise_seed`."""
+    blocks = [settings.vce_block] + ([settings.refine_block] if settings.refine_iterations else [])
+    affinities, refines = [], []
+    for item in pixels:
+        recorders = vce_pass(
+            sd,
+            sd_image(item),
+            blocks=list(dict.fromkeys(blocks)),
+            logit_grid=side,
+            timestep_index=settings.timestep_index,
+            num_inference_steps=settings.inference_steps,
+            size=tuple(item.shape[-2:]),
+            seed=settings.noise_seed,
+        )
+        affinity = acr_affinity(
+            recorders[settings.vce_block].resized_logits[None],
+            side,
+            heads=settings.vce_heads,
+            threshold=settings.acr_threshold,
+            iterations=settings.acr_iterations,
+            rounds=settings.acr_rounds,
+        )
+        affinities.append(affinity[0].to(pixels.device))
+        if settings.refine_iterations:
+            refines.append(recorders[settings.refine_block].probabilities.to(pixels.device))
+    return torch.stack(affinities), torch.stack(refines) if refines else None
+
+
 @dataclass
 class DiclipPass:
     """One image through DiCLIP: `cams` (P, h, w) in [0, 1] for `class_ids` on the grid `store_resolution` names,
@@ -110,6 +153,8 @@ class DiclipCams:
       background_prompts: prompts of the background words (DiCLIP: CLIP-ES's 25 VOC / 23 COCO); may be empty.
       cache: (keys (Nk, E), values (Nk, 1 + C) one-hot) of an SD cache, or None (then `retrieval_weight` must be 0).
       settings: `DiclipSettings`.
+      adapter: (a trained dynamic adapter, its weight): the CAM fuses its ReLU'd maps instead of the static
+        retrieval, as a trained DiCLIP model's CAMs do (tools/infer_lam.py without --training_free; weight 0.1).
     """
 
     def __init__(
@@ -120,6 +165,7 @@ class DiclipCams:
         background_prompts: Sequence[str],
         cache: tuple[np.ndarray, np.ndarray] | None = None,
         settings: DiclipSettings = DiclipSettings(),
+        adapter: tuple[Callable[[Tensor], Tensor], float] | None = None,
     ) -> None:
         self.clip, self.sd, self.settings = clip, sd, settings
         self.runner = VisualRunner(clip)
@@ -131,8 +177,9 @@ class DiclipCams:
                 raise ValueError(
                     f"{name} must be in 1..{blocks} (the blocks of this CLIP), got {getattr(settings, name)}"
                 )
-        if cache is None and settings.retrieval_weight:
+        if cache is None and settings.retrieval_weight and adapter is None:
             raise ValueError("retrieval_weight is not 0 but no SD cache was given")
+        self.adapter = adapter
         self.side = settings.input_size // patch
         self.num_classes = len(class_prompts)
         texts = encode_text(clip, list(class_prompts) + list(background_prompts))  # (C + B, E), unit rows
@@ -149,38 +196,7 @@ class DiclipCams:
                     f"{texts.shape[1]}) and (Nk, {1 + self.num_classes}) for this CLIP and {self.num_classes} classes"
                 )
             self.cache = (keys, values)
-        self._mean = torch.tensor(IMAGENET_MEAN_255).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD_255).view(1, 3, 1, 1)
-
-    def sd_image(self, pixels: Tensor) -> np.ndarray:
-        """The normalised network input back to uint8 (H, W, 3), truncated as the reference's denormalize_img."""
-        restored = pixels[0].cpu() * self._std[0] + self._mean[0]
-        return restored.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-
-    def diffusion_maps(self, pixels: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(ACR's affinity R (1, n, n), the refinement layer's attention probabilities (heads, M, M) or None)."""
-        settings = self.settings
-        blocks = [settings.vce_block] + ([settings.refine_block] if settings.refine_iterations else [])
-        recorders = vce_pass(
-            self.sd,
-            self.sd_image(pixels),
-            blocks=list(dict.fromkeys(blocks)),
-            logit_grid=self.side,
-            timestep_index=settings.timestep_index,
-            num_inference_steps=settings.inference_steps,
-            size=(settings.input_size, settings.input_size),
-            seed=settings.noise_seed,
-        )
-        affinity = acr_affinity(
-            recorders[settings.vce_block].resized_logits[None],
-            self.side,
-            heads=settings.vce_heads,
-            threshold=settings.acr_threshold,
-            iterations=settings.acr_iterations,
-            rounds=settings.acr_rounds,
-        )
-        refine = recorders[settings.refine_block].probabilities if settings.refine_iterations else None
-        return affinity.to(self.clip.device), refine
+        self._mean, self._std = _MEAN, _STD
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, class_ids: Sequence[int]) -> DiclipPass:
@@ -197,7 +213,8 @@ class DiclipCams:
         )
 
         pixels = network_input(image, self._mean, self._std, settings.input_size, self.clip.device)
-        affinity, refine_attention = self.diffusion_maps(pixels)
+        affinity, refine_attention = diffusion_maps(self.sd, pixels, settings, self.side)
+        refine_attention = None if refine_attention is None else refine_attention[0]
         caa_layers = range(-settings.caa_layers, 0) if settings.caa else ()
         result = svc_forward(
             self.runner,
@@ -208,7 +225,10 @@ class DiclipCams:
         )
         features = normalize_over_tokens(result.features)
         cams = feature_surgery(features, self.texts)[:, 1:, : self.num_classes]
-        if self.cache is not None and settings.retrieval_weight:
+        if self.adapter is not None:  # a trained model's dynamic CAM replaces the static one
+            adapter, weight = self.adapter
+            cams = weighted_fusion(cams, torch.relu(adapter(features[:, 1:]).float()[..., 1:]), weight)
+        elif self.cache is not None and settings.retrieval_weight:
             retrieved = static_retrieval(features, *self.cache, self.class_texts)
             cams = weighted_fusion(cams, retrieved, settings.retrieval_weight)
         if not class_ids:

@@ -14,7 +14,7 @@ Every method module has:
 
 from __future__ import annotations
 
-from wsss_core.cam.methods import clip_es, diclip, excel, excel_adapter, fma_prompts
+from wsss_core.cam.methods import clip_es, diclip, diclip_adapter, excel, excel_adapter, fma_prompts
 
 CAM_METHODS = {
     "clip_es": clip_es,
@@ -22,4 +22,5 @@ CAM_METHODS = {
     "excel": excel,
     "excel_adapter": excel_adapter,
     "diclip": diclip,
+    "diclip_adapter": diclip_adapter,
 }
