@@ -409,8 +409,11 @@ def test_adapt_stage_end_to_end_with_its_cams_and_predictions(project):
     assert predictions.provenance["details"]["network"] == "weclip_head"
 
 
+EXCEL_LAYERS = ("svc_layers", "caa_layers")
+
+
 def test_params_name_what_an_adapt_run_must_read_and_fit(tmp_path):
-    from wsss_core.adapter.excel import check_run
+    from wsss_core.adapter.settings import check_run
     from wsss_core.params import ParamsError, load_params
     from wsss_core.params.pipeline import pipeline_problems
 
@@ -422,6 +425,6 @@ def test_params_name_what_an_adapt_run_must_read_and_fit(tmp_path):
     problems = pipeline_problems(params, files=False)
     assert "adapt.runs.x.reads: 'artifacts/index' is not artifacts/descriptions_<run>" in problems
     with pytest.raises(ParamsError, match=r"adapt\.runs\.x\.crop_size: 40 is not a multiple of the patch size 16"):
-        check_run({**run, "crop_size": 40}, "adapt.runs.x", patch_size=16, blocks=12)
+        check_run({**run, "crop_size": 40}, "adapt.runs.x", patch_size=16, blocks=12, layer_keys=EXCEL_LAYERS)
     with pytest.raises(ParamsError, match=r"adapt\.runs\.x\.svc_layers: 5 exceeds the 3 blocks"):
-        check_run(run, "adapt.runs.x", patch_size=16, blocks=3)
+        check_run(run, "adapt.runs.x", patch_size=16, blocks=3, layer_keys=EXCEL_LAYERS)

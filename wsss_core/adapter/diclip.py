@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss_core.adapter.excel import Fitted, IndexData
+from wsss_core.adapter.settings import LOOP_KEYS, RUN_END, check_run, head_settings, loop_settings
 from wsss_core.cam.methods.diclip import KERNEL, TEXTS
 from wsss_core.params.spec import Schema, Spec
 
@@ -40,22 +41,15 @@ SETTINGS: Schema = {
     "retrieval_weight": Spec(float, 0.5, "static retrieval's weight in the CAMs before dynamic_from", min=0.0),
     "dynamic_cam_weight": Spec(float, 0.1, "the adapter's ReLU'd maps' weight in the CAMs from dynamic_from", min=0.0),
     "adapter_size": Spec(int, 312, "hidden units of the dynamic adapter (VOC 312, COCO 512)", min=1),
-    "iterations": Spec(int, 20000, "training iterations (VOC 20k, COCO 100k)", min=1),
-    "batch_size": Spec(int, 4, "images per iteration", min=1),
-    "crop_size": Spec(int, 320, "square training crop, a multiple of the patch size (320: a 20x20 token grid)", min=1),
-    "scale_range": Spec(list, [0.5, 2.0], "random rescale before cropping", item=float, length=2, min=0.05, max=8.0),
-    "flip": Spec(bool, True, "random horizontal flips"),
-    "lr": Spec(float, 2e-4, "base learning rate (AdamW; VOC 2e-4, COCO 1e-4); both parts run at it times 10", min=0.0),
+    **loop_settings(
+        iterations=20000,
+        lr=2e-4,
+        iterations_help="training iterations (VOC 20k, COCO 100k)",
+        lr_help="base learning rate (AdamW; VOC 2e-4, COCO 1e-4); both parts run at it times 10",
+    ),
     "adapter_lr_scale": Spec(float, 10.0, "lr multiplier of the dynamic adapter", min=0.0),
     "decoder_lr_scale": Spec(float, 10.0, "lr multiplier of the head (fusion front and decoder)", min=0.0),
-    "weight_decay": Spec(float, 0.01, "AdamW weight decay", min=0.0),
-    "warmup_iterations": Spec(int, 50, "linear warm-up iterations (COCO 200)", min=0),
-    "warmup_ratio": Spec(float, 1e-6, "lr multiplier at the first warm-up iteration", min=0.0, max=1.0),
-    "poly_power": Spec(float, 1.0, "poly decay power after warm-up", min=0.0),
-    "seg_weight": Spec(float, 1.0, "weight of the segmentation loss", min=0.0),
-    "diversity_weight": Spec(float, 0.1, "weight of the diversity loss", min=0.0),
     "dynamic_weight": Spec(float, 0.1, "weight of the dynamic adapter's segmentation loss", min=0.0),
-    "radius": Spec(int, 8, "diversity loss: token pairs at most this many rows and columns apart", min=0),
     "dynamic_from": Spec(int, 0, "iteration from which the CAMs use the dynamic adapter (VOC 0, COCO 60k)", min=0),
     "caa_affinity_from": Spec(
         int, 4000, "iteration from which CAA is weighted by the head's affinity (VOC 4k, COCO 40k)", min=0
@@ -63,18 +57,8 @@ SETTINGS: Schema = {
     "seg_affinity_from": Spec(
         int, 34000, "iteration from which the diversity pairs come from the head's argmax (VOC 34k, COCO 80k)", min=0
     ),
-    "embedding_dim": Spec(int, 256, "WeCLIP head: width of the fused features and transformer layers", min=8),
-    "transformer_layers": Spec(int, 3, "WeCLIP head: pre-LN transformer layers", min=0),
-    "heads": Spec(int, 8, "WeCLIP head: attention heads", min=1),
-    "dropout": Spec(float, 0.1, "WeCLIP head: Dropout2d after the fusion conv", min=0.0, max=1.0),
-    "head_tokens": Spec(
-        str,
-        "reference",
-        "what the head reads per block: reference (DiCLIP's in-place dual path, as ExCEL's) | original",
-        choices=("reference", "original"),
-    ),
-    "amp": Spec(bool, True, "fp16 autocast and loss scaling on CUDA only"),
-    "seed": Spec(int, 0, "seed of the initial weights, image order, augmentation and dropout", min=0),
+    **head_settings("DiCLIP's in-place dual path, as ExCEL's"),
+    **RUN_END,
 }
 
 # The keys that say how a trained model is rebuilt (artifact.py reads them back from provenance).
@@ -208,20 +192,6 @@ def make_step(run: dict[str, Any]):
     return step_loss
 
 
-def check_run(run: dict[str, Any], key: str, *, patch_size: int, blocks: int) -> None:
-    from wsss_core.params import ParamsError
-
-    if run["crop_size"] % patch_size:
-        raise ParamsError(f"{key}.crop_size: {run['crop_size']} is not a multiple of the patch size {patch_size}")
-    for name in ("fused_layers", "caa_layers"):
-        if run[name] > blocks:
-            raise ParamsError(f"{key}.{name}: {run[name]} exceeds the {blocks} blocks of this CLIP")
-    if run["scale_range"][0] > run["scale_range"][1]:
-        raise ParamsError(f"{key}.scale_range: {run['scale_range']} is not [low, high]")
-    if run["embedding_dim"] % run["heads"]:
-        raise ParamsError(f"{key}.embedding_dim: {run['embedding_dim']} is not divisible by heads ({run['heads']})")
-
-
 def fit(
     clip,
     run: dict[str, Any],
@@ -242,7 +212,8 @@ def fit(
     from wsss_core.cam.methods.diclip import load_cache_diffusion
     from wsss_core.params import ParamsError
 
-    check_run(run, key, patch_size=clip.patch_size, blocks=len(clip.model.visual.transformer.resblocks))
+    blocks = len(clip.model.visual.transformer.resblocks)
+    check_run(run, key, patch_size=clip.patch_size, blocks=blocks, layer_keys=("fused_layers", "caa_layers"))
     class_names = tuple(dataset.class_names)
     texts = texts_of(clip, run, class_names, key)
     cache, cache_provenance = read_cache(reads, embed_dim=int(texts.shape[1]), class_names=class_names)
@@ -252,10 +223,8 @@ def fit(
     sd = load_cache_diffusion(record, device, str(reads))
     keys, values = (torch.from_numpy(array.copy()) for array in (cache.keys, cache.values))
     model = build_model(clip, texts, len(class_names) - 1, run, sd=sd, cache=(keys, values))
-    names = ("iterations", "batch_size", "crop_size", "flip", "lr", "adapter_lr_scale", "decoder_lr_scale")
-    names += ("weight_decay", "warmup_iterations", "warmup_ratio", "poly_power", "amp", "seed")
     settings = AdaptSettings(
-        **{name: run[name] for name in names},
+        **{name: run[name] for name in LOOP_KEYS},
         scale_range=tuple(run["scale_range"]),
         checkpoint_every=checkpoint_every,
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsss_core.adapter.settings import LOOP_KEYS, RUN_END, check_run, head_settings, loop_settings
 from wsss_core.cam.methods.excel import PAR_SETTINGS, TEXT_SETTINGS
 from wsss_core.params.spec import Schema, Spec
 
@@ -39,23 +40,16 @@ SETTINGS: Schema = {
     **TEXT_SETTINGS,
     "svc_layers": Spec(int, 5, "SVC: the last blocks given the q-q/k-k/v-v dual path (LVC shifts all of them)", min=1),
     "caa_layers": Spec(int, 6, "CAA: the last blocks whose attention refines the CAMs into pseudo labels", min=1),
-    "iterations": Spec(int, 30000, "training iterations (VOC 30k, COCO 100k)", min=1),
-    "batch_size": Spec(int, 4, "images per iteration", min=1),
-    "crop_size": Spec(int, 320, "square training crop, a multiple of the patch size (320: a 20x20 token grid)", min=1),
-    "scale_range": Spec(list, [0.5, 2.0], "random rescale before cropping", item=float, length=2, min=0.05, max=8.0),
-    "flip": Spec(bool, True, "random horizontal flips"),
-    "lr": Spec(float, 1e-4, "base learning rate (AdamW); the trained parts run at it times their scale", min=0.0),
+    **loop_settings(
+        iterations=30000,
+        lr=1e-4,
+        iterations_help="training iterations (VOC 30k, COCO 100k)",
+        lr_help="base learning rate (AdamW); the trained parts run at it times their scale",
+    ),
     "adapter_lr_scale": Spec(
         float, 10.0, "lr multiplier of LVC's adapter, the head's per-layer MLPs and fusion (decoder_fts_fuse)", min=0.0
     ),
     "decoder_lr_scale": Spec(float, 10.0, "lr multiplier of the head's transformer layers and classifier", min=0.0),
-    "weight_decay": Spec(float, 0.01, "AdamW weight decay", min=0.0),
-    "warmup_iterations": Spec(int, 50, "linear warm-up iterations (COCO 200)", min=0),
-    "warmup_ratio": Spec(float, 1e-6, "lr multiplier at the first warm-up iteration", min=0.0, max=1.0),
-    "poly_power": Spec(float, 1.0, "poly decay power after warm-up", min=0.0),
-    "seg_weight": Spec(float, 1.0, "weight of the segmentation loss", min=0.0),
-    "diversity_weight": Spec(float, 0.1, "weight of the diversity loss (eq. 11)", min=0.0),
-    "radius": Spec(int, 8, "diversity loss: token pairs at most this many rows and columns apart", min=0),
     "dynamic_from": Spec(
         int, 14000, "iteration from which pseudo labels come from LVC's dynamic CAMs and the dynamic CAA", min=0
     ),
@@ -66,20 +60,11 @@ SETTINGS: Schema = {
     "reference_quirks": Spec(bool, False, "CAA boxes with the reference's 8-bit threshold and clipped box ends"),
     "background_power": Spec(float, 1.0, "pseudo labels: background score (1 - max CAM) ** power", min=0.0),
     **PAR_SETTINGS,
-    "embedding_dim": Spec(int, 256, "WeCLIP head: width of the adapter features and transformer layers", min=8),
-    "transformer_layers": Spec(int, 3, "WeCLIP head: pre-LN transformer layers", min=0),
-    "heads": Spec(int, 8, "WeCLIP head: attention heads", min=1),
-    "dropout": Spec(float, 0.1, "WeCLIP head: Dropout2d after the fusion conv (also on F_d)", min=0.0, max=1.0),
-    "head_tokens": Spec(
-        str,
-        "reference",
-        "what the head reads per block: reference (ExCEL's: its in-place dual path turns the block before the "
-        "calibrated ones into the calibrated tokens, and each calibrated block but the last into the next one's "
-        "pre-FFN state) | original (every block's own output, as WeCLIP)",
-        choices=("reference", "original"),
+    **head_settings(
+        "ExCEL's: its in-place dual path turns the block before the calibrated ones into the calibrated tokens, and "
+        "each calibrated block but the last into the next one's pre-FFN state"
     ),
-    "amp": Spec(bool, True, "fp16 autocast and loss scaling on CUDA only"),
-    "seed": Spec(int, 0, "seed of the head's initial weights, image order, augmentation and dropout", min=0),
+    **RUN_END,
 }
 
 # The keys that only say how a trained adapter is rebuilt (artifact.py reads them back from provenance).
@@ -113,22 +98,6 @@ class IndexData:
 
         sample = self.samples[index]
         return read_image(sample.image_path), list(sample.labels)
-
-
-def check_run(run: dict[str, Any], key: str, *, patch_size: int, blocks: int) -> None:
-    """Cross-key checks the schema cannot express, named by their key."""
-    from wsss_core.params import ParamsError
-
-    if run["crop_size"] % patch_size:
-        raise ParamsError(f"{key}.crop_size: {run['crop_size']} is not a multiple of the patch size {patch_size}")
-    for name in ("svc_layers", "caa_layers"):
-        if run[name] > blocks:
-            raise ParamsError(f"{key}.{name}: {run[name]} exceeds the {blocks} blocks of this CLIP")
-    low, high = run["scale_range"]
-    if low > high:
-        raise ParamsError(f"{key}.scale_range: {[low, high]} is not [low, high]")
-    if run["embedding_dim"] % run["heads"]:
-        raise ParamsError(f"{key}.embedding_dim: {run['embedding_dim']} is not divisible by heads ({run['heads']})")
 
 
 def enriched_texts(clip, run: dict[str, Any], class_names: tuple[str, ...], bank_dir: Path, key: str):
@@ -166,13 +135,8 @@ def settings_of(run: dict[str, Any], checkpoint_every: int):
     from wsss_core.adapter.pseudo_labels import PseudoLabelSettings, Schedule
     from wsss_core.adapter.training import AdaptSettings
 
-    keys = (
-        *("iterations", "batch_size", "crop_size", "flip", "lr", "adapter_lr_scale", "decoder_lr_scale"),
-        *("weight_decay", "warmup_iterations", "warmup_ratio", "poly_power", "seg_weight", "diversity_weight"),
-        *("radius", "amp", "seed"),
-    )
     return AdaptSettings(
-        **{name: run[name] for name in keys},
+        **{name: run[name] for name in (*LOOP_KEYS, "seg_weight", "diversity_weight", "radius")},
         scale_range=tuple(run["scale_range"]),
         schedule=Schedule(dynamic_from=run["dynamic_from"], seg_affinity_from=run["seg_affinity_from"]),
         labels=PseudoLabelSettings(
@@ -202,7 +166,7 @@ def fit(
     from wsss_core.adapter.training import train
 
     blocks = len(clip.model.visual.transformer.resblocks)
-    check_run(run, key, patch_size=clip.patch_size, blocks=blocks)
+    check_run(run, key, patch_size=clip.patch_size, blocks=blocks, layer_keys=("svc_layers", "caa_layers"))
     num_foreground = len(dataset.class_names) - 1
     texts = enriched_texts(clip, run, tuple(dataset.class_names), reads, key)
     model = build_model(clip, texts, num_foreground, run)
