@@ -128,7 +128,7 @@ def main() -> None:
         clip_params = {"arch": "ViT-B-16", "pretrained": None, "checkpoint": None, "sha256": None, "model_cfg": None}
         clip_params.update(random_init=True, seed=0)
         masker = MaskJob(run["masks"], clip_params, sd_dir.as_posix(), ("background", "cat")).build("cpu")
-        images = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in pngs]
+        images = [np.array(Image.open(io.BytesIO(png)).convert("RGB")) for png in pngs]
         blocks = [run["masks"]["vce_block"], run["masks"]["refine_block"]]
         vce, _ = timed(lambda image: vce_pass(masker.generator.sd, image, blocks=blocks, logit_grid=20), images)
         masks, _ = timed(masker, [(image, 1) for image in images])
