@@ -174,3 +174,20 @@ def test_keys_are_clustered_background_first_with_one_hot_values():
     assert cache.keys.dtype == np.float32
     with pytest.raises(ArtifactError, match=r"k\.clusters: 2 keys asked for the class 2, but only 1 images"):
         cluster_keys(regions, [1, 1, 2, 2], 2, clusters=2, background_clusters=2, random_state=0, n_init=1, key="k")
+
+
+def test_the_dynamic_adapter_starts_as_the_cache():
+    from wsss_core.adapter.kv_adapter import KvAdapter
+
+    keys, values = torch.randn(3, 4), torch.eye(3)[[0, 2, 1]]
+    adapter = KvAdapter(4, 5, 3, keys, values).eval()
+    torch.testing.assert_close(adapter.fc1.weight[:3], keys)
+    torch.testing.assert_close(adapter.fc2.weight[:, :3], values.T)
+    prompts = torch.cat([adapter.fc1.weight[3:].flatten(), adapter.fc2.weight[:, 3:].flatten()])
+    assert prompts.abs().max() <= 2 and prompts.std() > 0.3  # truncated normal, std 1 before truncation
+    x = torch.randn(2, 6, 4)
+    expected = torch.relu(x @ adapter.fc1.weight.T + adapter.fc1.bias) @ adapter.fc2.weight.T + adapter.fc2.bias
+    torch.testing.assert_close(adapter(x), expected)
+    assert KvAdapter(4, 5, 3).state_dict().keys() == adapter.state_dict().keys()  # rebuilt to load, without a cache
+    with pytest.raises(ValueError, match="more than the adapter's 2 hidden units"):
+        KvAdapter(4, 2, 3, keys, values)
