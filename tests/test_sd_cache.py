@@ -133,6 +133,21 @@ def test_cache_resumes_after_a_kill_and_reruns_give_the_same_bytes(cache_project
     assert sha256_path(cache_project / "artifacts" / "sd_cache_tiny") == first
 
 
+def test_the_cache_drawn_on_the_ray_engine_is_the_local_bytes(cache_project):
+    import torch
+
+    # Ray gives each CPU worker one thread; a float sum split over other threads rounds otherwise, which moves a
+    # drawn pixel by one level now and then. With the threads alike, the engines write the same bytes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_ok("sd_cache", "tiny", "--out", "local_cache")
+    finally:
+        torch.set_num_threads(threads)
+    run_ok("sd_cache", "tiny", "--engine", "ray", "--address", "local")  # both phases on Ray workers of their own
+    assert sha256_path(cache_project / "artifacts" / "sd_cache_tiny") == sha256_path(cache_project / "local_cache")
+
+
 def test_too_few_regions_for_the_keys_asked_is_an_error_naming_the_key(project, sd_dirs):
     diclip_params(project, sd_dirs, clusters=IMAGES_PER_CLASS + 1)
     run_ok("demo_data")

@@ -11,7 +11,7 @@ training-free CAMs, and the keys and values pooled from them (wsss_core/cam/dicl
 Both per-image phases run on the engine (wsss_core/engine), one image at a time, and keep every finished image in a
 scratch directory keyed by the run's params, the checkpoints and the code: a killed run resumes where it stopped, and
 the directory moves into place only when complete. Image j is drawn from seed + j on a CPU generator, so the same
-inputs give the same bytes on one device kind, whichever engine or order computed them.
+inputs give the same bytes on one device kind (and, on CPU, thread count), whichever engine or order computed them.
 """
 
 from __future__ import annotations
