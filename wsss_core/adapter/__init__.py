@@ -12,6 +12,8 @@ the model's own CAMs (ExCEL; DiCLIP and VDA build on the same stage). One module
   kv_adapter.py     DiCLIP's dynamic adapter, initialised from the SD cache's keys and values
   diclip_model.py   the trainable DiCLIP model: CLIP with SD's attention fused in, the dynamic adapter, WeCLIP head
   diclip.py         the `diclip` method: its run settings, labels (CAA + SD-attention refinement) and loss
+  inn.py, gmm.py    VDA's invertible network (Real-NVP couplings + ActNorm) and Gaussian mixtures (its method and
+                    stage wiring are still to come)
 
 `ADAPT_METHODS` is the registry `adapt.runs.<name>.method` picks from. Every method module has:
   SETTINGS: Schema     its run keys besides the common ones (`RUN`)
