@@ -192,8 +192,6 @@ def build_sd_cache(name: str, index_path: Path, out: Path, params: dict[str, Any
                 image_ids,
             )
 
-        foreground: dict[int, float] = {}
-
         def write_mask(i: int, result: tuple[bytes, float, np.ndarray]) -> None:
             png, share, regions = result
             with atomic_file(work / REGIONS_DIR / f"{image_ids[i]}.npz") as handle:
@@ -210,7 +208,7 @@ def build_sd_cache(name: str, index_path: Path, out: Path, params: dict[str, Any
                 image_ids,
             )
 
-        regions = []
+        regions, foreground = [], {}
         for i, image_id in enumerate(image_ids):
             with np.load(work / REGIONS_DIR / f"{image_id}.npz") as saved:
                 regions.append(saved["regions"])
