@@ -8,7 +8,6 @@ depends on (the run's params, models.clip, the sha256 of the index and of the ar
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ def adapt(
     from wsss_core.models import IMAGENET_MEAN, IMAGENET_STD, resolve_device
     from wsss_core.models.loading import clip_from_params
     from wsss_core.provenance import canonical, make_provenance
-    from wsss_core.store.scratch import artifact_lock_file, hold_lock, release_lock, resume_key
+    from wsss_core.store.scratch import resumable_work
     from wsss_core.store.table import ArtifactError
 
     section, clip_params = params["adapt"], params["models"]["clip"]
@@ -65,43 +64,39 @@ def adapt(
     read = {key: run, "models.clip": clip_params}
     upstream = {"index": index_path, method.READS: reads}
     out = artifacts_dir / f"adapter_{name}"
-    hold_lock(artifact_lock_file(out, scratch_root), str(out))
     inputs = {"read": read, "upstream": {label: sha256_path(path) for label, path in upstream.items()}}
-    work_dir = Path(scratch_root) / f"{out.name}-{resume_key(canonical(inputs))}"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    fitted = method.fit(
-        clip,
-        run,
-        dataset,
-        reads,
-        key=key,
-        device=device,
-        work_dir=work_dir,
-        checkpoint_every=section["checkpoint_every"],
-        on_step=on_step,
-    )
-    last = fitted.curve[-1]
-    provenance = make_provenance(
-        STAGE,
-        read,
-        upstream=upstream,
-        checkpoints={"clip": clip.provenance, **fitted.checkpoints},
-        libraries=("open_clip_torch", "safetensors"),
-        details={
-            "run": name,
-            "method": run["method"],
-            "network": "weclip_head",  # the head, as the predict stage rebuilds it
-            "class_names": list(dataset.class_names),
-            "split": dataset.split,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "iterations_run": len(fitted.curve),
-            "final_loss": {column: last[column] for column in method.LOSS_COLUMNS},
-            **fitted.details,
-        },
-    )
-    write_adapter(out, fitted.model, provenance)
-    write_curves(metrics_dir / f"adapt_{name}", fitted.curve, method.LOSS_COLUMNS)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    release_lock(artifact_lock_file(out, scratch_root))
+    with resumable_work(out, canonical(inputs), scratch_root) as work_dir:
+        fitted = method.fit(
+            clip,
+            run,
+            dataset,
+            reads,
+            key=key,
+            device=device,
+            work_dir=work_dir,
+            checkpoint_every=section["checkpoint_every"],
+            on_step=on_step,
+        )
+        last = fitted.curve[-1]
+        provenance = make_provenance(
+            STAGE,
+            read,
+            upstream=upstream,
+            checkpoints={"clip": clip.provenance, **fitted.checkpoints},
+            libraries=("open_clip_torch", "safetensors"),
+            details={
+                "run": name,
+                "method": run["method"],
+                "network": "weclip_head",  # the head, as the predict stage rebuilds it
+                "class_names": list(dataset.class_names),
+                "split": dataset.split,
+                "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD),
+                "iterations_run": len(fitted.curve),
+                "final_loss": {column: last[column] for column in method.LOSS_COLUMNS},
+                **fitted.details,
+            },
+        )
+        write_adapter(out, fitted.model, provenance)
+        write_curves(metrics_dir / f"adapt_{name}", fitted.curve, method.LOSS_COLUMNS)
     return out

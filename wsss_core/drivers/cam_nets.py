@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ def train_cam_net(
     from wsss_core.models import resolve_device
     from wsss_core.params import ParamsError
     from wsss_core.provenance import canonical, make_provenance
-    from wsss_core.store.scratch import artifact_lock_file, hold_lock, release_lock, resume_key
+    from wsss_core.store.scratch import resumable_work
 
     section = params["cam_nets"]
     run, key = section["runs"][name], f"cam_nets.runs.{name}"
@@ -51,38 +50,34 @@ def train_cam_net(
             f"{index_path}"
         )
     out = artifacts_dir / f"camnet_{name}"
-    hold_lock(artifact_lock_file(out, scratch_root), str(out))
     inputs = {"read": {key: run}, "upstream": {"index": sha256_path(index_path)}}
-    work_dir = Path(scratch_root) / f"{out.name}-{resume_key(canonical(inputs))}"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    built, curve = method.fit(
-        run,
-        dataset,
-        device=resolve_device(section["device"]),
-        work_dir=work_dir,
-        checkpoint_every=section["checkpoint_every"],
-        on_step=on_step,
-    )
-    last = curve[-1]
-    provenance = make_provenance(
-        STAGE,
-        {key: run},
-        upstream={"index": index_path},
-        checkpoints=built.checkpoints,
-        libraries=("timm", "safetensors"),
-        details={
-            "run": name,
-            "method": run["method"],
-            "class_names": list(dataset.class_names),
-            "split": dataset.split,
-            "updates": len(curve),
-            "final_loss": {column: last[column] for column in method.LOSS_COLUMNS},
-        },
-    )
-    write_camnet(out, built.network, provenance)
-    write_curves(metrics_dir / f"camnet_{name}", curve, method.LOSS_COLUMNS)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    release_lock(artifact_lock_file(out, scratch_root))
+    with resumable_work(out, canonical(inputs), scratch_root) as work_dir:
+        built, curve = method.fit(
+            run,
+            dataset,
+            device=resolve_device(section["device"]),
+            work_dir=work_dir,
+            checkpoint_every=section["checkpoint_every"],
+            on_step=on_step,
+        )
+        last = curve[-1]
+        provenance = make_provenance(
+            STAGE,
+            {key: run},
+            upstream={"index": index_path},
+            checkpoints=built.checkpoints,
+            libraries=("timm", "safetensors"),
+            details={
+                "run": name,
+                "method": run["method"],
+                "class_names": list(dataset.class_names),
+                "split": dataset.split,
+                "updates": len(curve),
+                "final_loss": {column: last[column] for column in method.LOSS_COLUMNS},
+            },
+        )
+        write_camnet(out, built.network, provenance)
+        write_curves(metrics_dir / f"camnet_{name}", curve, method.LOSS_COLUMNS)
     return out
 
 

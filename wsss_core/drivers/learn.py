@@ -14,7 +14,6 @@ bit, as an uninterrupted one (on the same device and library versions).
 from __future__ import annotations
 
 import math
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +251,7 @@ def learn_prompts(name: str, index_path: Path, artifacts_dir: Path, metrics_dir:
     from wsss_core.prompts.batches import AugmentSettings, TrainingBatches
     from wsss_core.prompts.fma import PROMPTS_FILE, prompts_bytes
     from wsss_core.provenance import canonical, dumps, make_provenance
-    from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
+    from wsss_core.store.scratch import resumable_work
     from wsss_core.store.seal import sealed_directory
 
     learn, clip_params = params["learn"], params["models"]["clip"]
@@ -286,63 +285,59 @@ def learn_prompts(name: str, index_path: Path, artifacts_dir: Path, metrics_dir:
     }
     inputs = {"read": read, "upstream": {name: sha256_path(path) for name, path in upstream.items()}}
     out = artifacts_dir / f"prompts_{name}"
-    hold_lock(artifact_lock_file(out), str(out))
-    scratch = DEFAULT_SCRATCH / f"prompts_{name}-{resume_key(canonical(inputs))}"
+    with resumable_work(out, canonical(inputs)) as scratch:
+        augment = training["augment"]
+        batches = TrainingBatches(
+            [sample.image_id for sample in dataset.samples],
+            [sample.image_path for sample in dataset.samples],
+            [sample.labels for sample in dataset.samples],
+            num_foreground=len(foreground),
+            batch_size=training["batch_size"],
+            augment_settings=AugmentSettings(
+                color_jitter=augment["color_jitter"],
+                long_side=tuple(augment["long_side"]),
+                min_short_side=augment["min_short_side"],
+                crop=augment["crop"],
+                flip=augment["flip"],
+            ),
+            seed=training["seed"],
+            mean=clip.mean,
+            std=clip.std,
+            seeds_path=seeds_path,
+            labels_from=task_params.get("labels", "image"),
+        )
+        settings = TrainSettings(
+            iterations=task_params["iterations"],
+            loss=task_params["loss"],
+            batch_size=training["batch_size"],
+            lr=training["lr"],
+            momentum=training["momentum"],
+            weight_decay=training["weight_decay"],
+            warmup_iterations=training["warmup_iterations"],
+            warmup_lr=training["warmup_lr"],
+            stop_after=task_params["stop_after"],
+            checkpoint_every=learn["checkpoint_every"],
+            amp=learn["amp"],
+            workers=learn["workers"],
+        )
+        curve = train_prompts(prompts, clip, batches, settings, scratch / "checkpoint.pt", f"learn {name}")
 
-    augment = training["augment"]
-    batches = TrainingBatches(
-        [sample.image_id for sample in dataset.samples],
-        [sample.image_path for sample in dataset.samples],
-        [sample.labels for sample in dataset.samples],
-        num_foreground=len(foreground),
-        batch_size=training["batch_size"],
-        augment_settings=AugmentSettings(
-            color_jitter=augment["color_jitter"],
-            long_side=tuple(augment["long_side"]),
-            min_short_side=augment["min_short_side"],
-            crop=augment["crop"],
-            flip=augment["flip"],
-        ),
-        seed=training["seed"],
-        mean=clip.mean,
-        std=clip.std,
-        seeds_path=seeds_path,
-        labels_from=task_params.get("labels", "image"),
-    )
-    settings = TrainSettings(
-        iterations=task_params["iterations"],
-        loss=task_params["loss"],
-        batch_size=training["batch_size"],
-        lr=training["lr"],
-        momentum=training["momentum"],
-        weight_decay=training["weight_decay"],
-        warmup_iterations=training["warmup_iterations"],
-        warmup_lr=training["warmup_lr"],
-        stop_after=task_params["stop_after"],
-        checkpoint_every=learn["checkpoint_every"],
-        amp=learn["amp"],
-        workers=learn["workers"],
-    )
-    curve = train_prompts(prompts, clip, batches, settings, scratch / "checkpoint.pt", f"learn {name}")
-
-    provenance = make_provenance(
-        f"learn_{name}",
-        read,
-        upstream=upstream,
-        checkpoints={"clip": clip.provenance},
-        libraries=("open_clip_torch", "safetensors"),
-        details={
-            **prompts.description(),
-            "split": dataset.split,
-            "store_dtype": learn["store_dtype"],
-            "iterations_run": settings.last_iteration,
-            "final_loss": curve[-1][1],
-        },
-    )
-    with sealed_directory(out) as building:
-        (building / PROMPTS_FILE).write_bytes(prompts_bytes(prompts, learn["store_dtype"]))
-        (building / "provenance.json").write_text(dumps(provenance))
-    write_curves(metrics_dir / f"learn_{name}", curve)
-    shutil.rmtree(scratch, ignore_errors=True)
-    release_lock(artifact_lock_file(out))
+        provenance = make_provenance(
+            f"learn_{name}",
+            read,
+            upstream=upstream,
+            checkpoints={"clip": clip.provenance},
+            libraries=("open_clip_torch", "safetensors"),
+            details={
+                **prompts.description(),
+                "split": dataset.split,
+                "store_dtype": learn["store_dtype"],
+                "iterations_run": settings.last_iteration,
+                "final_loss": curve[-1][1],
+            },
+        )
+        with sealed_directory(out) as building:
+            (building / PROMPTS_FILE).write_bytes(prompts_bytes(prompts, learn["store_dtype"]))
+            (building / "provenance.json").write_text(dumps(provenance))
+        write_curves(metrics_dir / f"learn_{name}", curve)
     return out

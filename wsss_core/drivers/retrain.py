@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from wsss_core.params import ParamsError
 from wsss_core.provenance import dumps, make_provenance
 from wsss_core.store.atomic import atomic_file
 from wsss_core.store.dense import DenseMaps
-from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
+from wsss_core.store.scratch import DEFAULT_SCRATCH, resumable_work
 from wsss_core.store.seal import sealed_directory
 from wsss_core.store.table import ArtifactError
 
@@ -136,51 +135,47 @@ def retrain(
             "std": list(network.std),
         },
     )
-    hold_lock(artifact_lock_file(out_dir, scratch_root), str(out_dir))
-    work_dir = Path(scratch_root) / f"{out_dir.name}-{resume_key(provenance)}"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    clipping = settings["gradient_clipping"]
-    curve = train(
-        network.module,
-        data,
-        TrainSettings(
-            iterations=schedule["iterations"],
-            batch_size=schedule["batch_size"],
-            crop_size=schedule["crop_size"],
-            scale_range=tuple(schedule["scale_range"]),
-            flip=schedule["flip"],
-            warmup_iterations=schedule["warmup_iterations"],
-            warmup_ratio=schedule["warmup_ratio"],
-            poly_power=schedule["poly_power"],
-            amp=settings["amp"],
-            checkpoint_every=section["checkpoint_every"],
-            seed=settings["seed"],
-            loss=network_settings["loss"],
-            clip_tau=clipping["tau"],
-            clip_patch=clipping["patch"],
-        ),
-        OptimizerSettings(
-            kind=network_settings["optimizer"],
-            lr=network_settings["lr"],
-            backbone_lr_scale=network_settings["backbone_lr_scale"],
-            head_lr_scale=network_settings["head_lr_scale"],
-            weight_decay=network_settings["weight_decay"],
-            momentum=network_settings["momentum"],
-            nesterov=network_settings["nesterov"],
-        ),
-        mean=network.mean,
-        std=network.std,
-        device=device,
-        work_dir=work_dir,
-        on_step=on_step,
-    )
-    weights = {key: value.detach().cpu().contiguous() for key, value in network.module.state_dict().items()}
-    with sealed_directory(out_dir) as tmp:
-        save_file(weights, str(tmp / WEIGHTS_FILE))
-        (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600, unreadable to teammates sharing the cache
-        (tmp / PROVENANCE_FILE).write_text(dumps(provenance))
-    with atomic_file(curve_path, "w") as handle:
-        handle.write(curve_csv(curve))
-    shutil.rmtree(work_dir)
-    release_lock(artifact_lock_file(out_dir, scratch_root))
+    with resumable_work(out_dir, provenance, scratch_root) as work_dir:
+        clipping = settings["gradient_clipping"]
+        curve = train(
+            network.module,
+            data,
+            TrainSettings(
+                iterations=schedule["iterations"],
+                batch_size=schedule["batch_size"],
+                crop_size=schedule["crop_size"],
+                scale_range=tuple(schedule["scale_range"]),
+                flip=schedule["flip"],
+                warmup_iterations=schedule["warmup_iterations"],
+                warmup_ratio=schedule["warmup_ratio"],
+                poly_power=schedule["poly_power"],
+                amp=settings["amp"],
+                checkpoint_every=section["checkpoint_every"],
+                seed=settings["seed"],
+                loss=network_settings["loss"],
+                clip_tau=clipping["tau"],
+                clip_patch=clipping["patch"],
+            ),
+            OptimizerSettings(
+                kind=network_settings["optimizer"],
+                lr=network_settings["lr"],
+                backbone_lr_scale=network_settings["backbone_lr_scale"],
+                head_lr_scale=network_settings["head_lr_scale"],
+                weight_decay=network_settings["weight_decay"],
+                momentum=network_settings["momentum"],
+                nesterov=network_settings["nesterov"],
+            ),
+            mean=network.mean,
+            std=network.std,
+            device=device,
+            work_dir=work_dir,
+            on_step=on_step,
+        )
+        weights = {key: value.detach().cpu().contiguous() for key, value in network.module.state_dict().items()}
+        with sealed_directory(out_dir) as tmp:
+            save_file(weights, str(tmp / WEIGHTS_FILE))
+            (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600, unreadable to teammates sharing the cache
+            (tmp / PROVENANCE_FILE).write_text(dumps(provenance))
+        with atomic_file(curve_path, "w") as handle:
+            handle.write(curve_csv(curve))
     return out_dir

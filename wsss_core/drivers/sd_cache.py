@@ -17,7 +17,6 @@ inputs give the same bytes on one device kind (and, on CPU, thread count), which
 from __future__ import annotations
 
 import io
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +142,7 @@ def build_sd_cache(name: str, index_path: Path, out: Path, params: dict[str, Any
     from wsss_core.hashing import sha256_file
     from wsss_core.prompts.vocabulary import class_words
     from wsss_core.store.atomic import atomic_file, replace_directory
-    from wsss_core.store.scratch import DEFAULT_SCRATCH, artifact_lock_file, hold_lock, release_lock, resume_key
+    from wsss_core.store.scratch import resumable_work
     from wsss_core.store.seal import seal_directory
     from wsss_core.store.table import write_table
 
@@ -157,18 +156,15 @@ def build_sd_cache(name: str, index_path: Path, out: Path, params: dict[str, Any
     )
     image_ids = [entry.image_id for entry in plan]
 
-    lock = artifact_lock_file(out)
-    hold_lock(lock, str(out))
-    try:
-        # Resumed only with the same params, index, code and weight files (by size and time: hashing them is slow)
-        weights = [run["generator"], run["diffusion"], clip_params["checkpoint"]]
-        material = {
-            "run": run,
-            "clip": clip_params,
-            "index": sha256_file(index_path),
-            "weights": {str(path): _file_stats(path) for path in weights if path is not None},
-        }
-        work = DEFAULT_SCRATCH / f"{out.name}-{resume_key(material)}"
+    # Resumed only with the same params, index, code and weight files (by size and time: hashing them is slow)
+    weights = [run["generator"], run["diffusion"], clip_params["checkpoint"]]
+    material = {
+        "run": run,
+        "clip": clip_params,
+        "index": sha256_file(index_path),
+        "weights": {str(path): _file_stats(path) for path in weights if path is not None},
+    }
+    with resumable_work(out, material) as work:
         building = work / out.name
         for folder in (IMAGES_DIR, MASKS_DIR):
             (building / folder).mkdir(parents=True, exist_ok=True)
@@ -236,9 +232,6 @@ def build_sd_cache(name: str, index_path: Path, out: Path, params: dict[str, Any
         (building / "provenance.json").write_text(dumps(provenance))
         seal_directory(building)
         replace_directory(building, out)
-        shutil.rmtree(work)
-    finally:
-        release_lock(lock)
     empty = sum(1 for share in foreground.values() if share == 0)
     return {"images": len(plan), "keys": int(len(cache.keys)), "images_without_foreground": empty}
 

@@ -13,12 +13,15 @@ process dies, so a killed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
 import json
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,20 @@ def artifact_lock_file(target: str | Path, scratch_root: str | Path = DEFAULT_SC
     """The lock guarding one output path (named after it, so two stages' outputs never share a lock)."""
     target = Path(target).resolve()
     return Path(scratch_root) / f".{target.name}-{hashlib.sha256(str(target).encode()).hexdigest()[:12]}.lock"
+
+
+@contextlib.contextmanager
+def resumable_work(out: str | Path, material: Any, scratch_root: str | Path = DEFAULT_SCRATCH) -> Iterator[Path]:
+    """The pattern of every resumable training-like stage: hold `out`'s lock, and yield its scratch directory
+    `<scratch_root>/<out's name>-<resume_key(material)>` (created) where a killed run left its state. The directory
+    goes once the body has written `out`; if the body raises it stays, for the next run to resume from. The lock is
+    released either way."""
+    lock = artifact_lock_file(out, scratch_root)
+    hold_lock(lock, str(out))
+    try:
+        work = Path(scratch_root) / f"{Path(out).name}-{resume_key(material)}"
+        work.mkdir(parents=True, exist_ok=True)
+        yield work
+        shutil.rmtree(work, ignore_errors=True)
+    finally:
+        release_lock(lock)
