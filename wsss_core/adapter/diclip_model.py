@@ -32,15 +32,13 @@ from torch import Tensor, nn
 
 from wsss_core.adapter.diversity import affinity_prediction
 from wsss_core.adapter.kv_adapter import KvAdapter
-from wsss_core.adapter.model import HEAD_TOKENS
+from wsss_core.adapter.model import ClipHeadModel
 from wsss_core.adapter.visual import calibrated_tokens, clip_pass, output_tokens, reference_head_tokens
 from wsss_core.cam.diclip.cams import DiclipSettings, diffusion_maps
 from wsss_core.cam.diclip.fusion import diclip_correlation
 from wsss_core.cam.diclip.retrieval import static_retrieval, weighted_fusion
 from wsss_core.cam.excel.surgery import feature_surgery, normalize_over_tokens
 from wsss_core.models.clip import ClipModel
-from wsss_core.models.clip_visual import VisualRunner
-from wsss_core.segment.weclip_head import WeClipHead
 
 
 @dataclass
@@ -56,7 +54,7 @@ class DiclipOutput:
     refine_attention: Tensor | None
 
 
-class DiclipAdapterModel(nn.Module):
+class DiclipAdapterModel(ClipHeadModel):
     """DiCLIP's model on a loaded, frozen CLIP.
 
     Arguments:
@@ -90,37 +88,25 @@ class DiclipAdapterModel(nn.Module):
         dropout: float = 0.1,
         head_tokens: str = "reference",
     ) -> None:
-        super().__init__()
-        if head_tokens not in HEAD_TOKENS:
-            raise ValueError(f"head_tokens must be one of {HEAD_TOKENS}, got {head_tokens!r}")
-        self.runner = VisualRunner(clip)
-        blocks = self.runner.num_layers
-        for name in ("fused_layers", "caa_layers"):
-            if not 1 <= getattr(vce, name) <= blocks:
-                raise ValueError(f"{name} must be in 1..{blocks} (the blocks of this CLIP), got {getattr(vce, name)}")
-        if texts.ndim != 2 or not 1 <= num_foreground <= texts.shape[0]:
-            raise ValueError(f"texts {tuple(texts.shape)} must be (T, E) with at least {num_foreground} rows")
-        self.vce, self.sd, self.head_tokens = vce, sd, head_tokens
-        self.num_foreground, self.patch_size = num_foreground, clip.patch_size
+        super().__init__(
+            clip,
+            texts,
+            num_foreground,
+            layers={"fused_layers": vce.fused_layers, "caa_layers": vce.caa_layers},
+            embedding_dim=embedding_dim,
+            transformer_layers=transformer_layers,
+            heads=heads,
+            dropout=dropout,
+            head_tokens=head_tokens,
+        )
+        self.vce, self.sd = vce, sd
         self.dynamic_weight, self.retrieval_weight = dynamic_weight, retrieval_weight
-        self.register_buffer("texts", texts.detach().float().clone(), persistent=False)
         background = self.texts[num_foreground:]
         background = background.mean(0, keepdim=True) if len(background) else torch.zeros_like(self.texts[:1])
         self.register_buffer("class_texts", torch.cat([background, self.texts[:num_foreground]]), persistent=False)
         keys, values = (None, None) if cache is None else (c.detach().float() for c in cache)
         self.cache = None if cache is None else (keys, values)
         self.adapter = KvAdapter(int(texts.shape[1]), adapter_size, num_foreground + 1, keys, values)
-        self.head = WeClipHead(
-            self.runner.visual.transformer.width,
-            blocks,
-            num_foreground + 1,
-            embedding_dim=embedding_dim,
-            transformer_layers=transformer_layers,
-            heads=heads,
-            dropout=dropout,
-        )
-        self._captured: list[Tensor] = []  # F_d, from the head's Dropout2d (as ExcelAdapterModel)
-        self.head.dropout.register_forward_hook(lambda module, inputs, output: self._captured.append(output))
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """DiCLIP's two trained groups: the dynamic adapter, and the head (decoder and its fusion front)."""
@@ -141,9 +127,7 @@ class DiclipAdapterModel(nn.Module):
     def segment(self, images: Tensor) -> Tensor:
         """The head's logits (B, 1 + C, h, w) on the token grid of normalised images, without SD (eval_seg)."""
         clip_out, _, head_input = self._pass(images, None, 0)
-        logits = self.head(head_input, clip_out.grid)
-        self._captured.clear()
-        return logits
+        return self.head_logits(head_input, clip_out.grid)[0]
 
     def forward(self, images: Tensor, *, dynamic: bool = True) -> DiclipOutput:
         """Normalised square images (B, 3, S, S), S a multiple of the patch size; see the module docstring."""
@@ -152,9 +136,7 @@ class DiclipAdapterModel(nn.Module):
         side = images.shape[-1] // self.patch_size
         affinity, refine_attention = diffusion_maps(self.sd, images, self.vce, side)
         clip_out, fused, head_input = self._pass(images, affinity, self.vce.caa_layers)
-        self._captured.clear()
-        logits = self.head(head_input, clip_out.grid)
-        features = self._captured.pop()
+        logits, features = self.head_logits(head_input, clip_out.grid)
         with torch.autocast(device_type=features.device.type, enabled=False):
             prediction = affinity_prediction(features)
         with torch.no_grad():

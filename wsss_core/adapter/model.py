@@ -63,7 +63,64 @@ def surgery_cams(features: Tensor, texts: Tensor, num_foreground: int, grid: tup
     return scores.transpose(1, 2).reshape(features.shape[0], num_foreground, *grid)
 
 
-class ExcelAdapterModel(nn.Module):
+class ClipHeadModel(nn.Module):
+    """What ExCEL's and DiCLIP's trainable models share: the frozen CLIP, kept out of the parameters (`VisualRunner`
+    is a plain attribute), their unit texts as a non-persistent buffer, and the WeCLIP head, whose fused features
+    F_d a hook captures during its own forward (`head_logits`).
+
+    `layers` names each count of the CLIP's last blocks the model uses, checked against the CLIP; `head_tokens` is
+    "reference" (the per-block tokens the reference's in-place dual path leaves) or "original".
+    """
+
+    def __init__(
+        self,
+        clip: ClipModel,
+        texts: Tensor,
+        num_foreground: int,
+        *,
+        layers: dict[str, int],
+        embedding_dim: int,
+        transformer_layers: int,
+        heads: int,
+        dropout: float,
+        head_tokens: str,
+    ) -> None:
+        super().__init__()
+        if head_tokens not in HEAD_TOKENS:
+            raise ValueError(f"head_tokens must be one of {HEAD_TOKENS}, got {head_tokens!r}")
+        self.head_tokens = head_tokens
+        self.runner = VisualRunner(clip)
+        blocks = self.runner.num_layers
+        for name, value in layers.items():
+            if not 1 <= value <= blocks:
+                raise ValueError(f"{name} must be in 1..{blocks} (the blocks of this CLIP), got {value}")
+        if texts.ndim != 2 or not 1 <= num_foreground <= texts.shape[0]:
+            raise ValueError(f"texts {tuple(texts.shape)} must be (T, E) with at least {num_foreground} rows")
+        self.num_foreground = num_foreground
+        self.patch_size = clip.patch_size
+        self.register_buffer("texts", texts.detach().float().clone(), persistent=False)
+        self.head = WeClipHead(
+            self.runner.visual.transformer.width,
+            blocks,
+            num_foreground + 1,
+            embedding_dim=embedding_dim,
+            transformer_layers=transformer_layers,
+            heads=heads,
+            dropout=dropout,
+        )
+        # WeClipHead does not expose its fused features; a hook on its Dropout2d (the last step of the front, where
+        # the reference's decoder_fts_fuse ends) captures F_d during the head's own forward.
+        self._captured: list[Tensor] = []
+        self.head.dropout.register_forward_hook(lambda module, inputs, output: self._captured.append(output))
+
+    def head_logits(self, tokens: list[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The head's logits (B, K, h, w) and its fused features F_d (B, embedding_dim, h, w) of one forward."""
+        self._captured.clear()
+        logits = self.head(tokens, grid)
+        return logits, self._captured.pop()
+
+
+class ExcelAdapterModel(ClipHeadModel):
     """ExCEL's model on a loaded, frozen CLIP.
 
     Arguments:
@@ -91,34 +148,18 @@ class ExcelAdapterModel(nn.Module):
         dropout: float = 0.1,
         head_tokens: str = "reference",
     ) -> None:
-        super().__init__()
-        if head_tokens not in HEAD_TOKENS:
-            raise ValueError(f"head_tokens must be one of {HEAD_TOKENS}, got {head_tokens!r}")
-        self.head_tokens = head_tokens
-        self.runner = VisualRunner(clip)
-        blocks = self.runner.num_layers
-        for name, value in (("svc_layers", svc_layers), ("caa_layers", caa_layers)):
-            if not 1 <= value <= blocks:
-                raise ValueError(f"{name} must be in 1..{blocks} (the blocks of this CLIP), got {value}")
-        if texts.ndim != 2 or not 1 <= num_foreground <= texts.shape[0]:
-            raise ValueError(f"texts {tuple(texts.shape)} must be (T, E) with at least {num_foreground} rows")
-        self.num_foreground = num_foreground
-        self.svc_layers, self.caa_layers = svc_layers, caa_layers
-        self.patch_size = clip.patch_size
-        self.register_buffer("texts", texts.detach().float().clone(), persistent=False)
-        self.head = WeClipHead(
-            self.runner.visual.transformer.width,
-            blocks,
-            num_foreground + 1,
+        super().__init__(
+            clip,
+            texts,
+            num_foreground,
+            layers={"svc_layers": svc_layers, "caa_layers": caa_layers},
             embedding_dim=embedding_dim,
             transformer_layers=transformer_layers,
             heads=heads,
             dropout=dropout,
+            head_tokens=head_tokens,
         )
-        # WeClipHead does not expose its fused features; a hook on its Dropout2d (the last step of the front, where
-        # ExCEL's decoder_fts_fuse ends) captures F_d during the head's own forward.
-        self._captured: list[Tensor] = []
-        self.head.dropout.register_forward_hook(lambda module, inputs, output: self._captured.append(output))
+        self.svc_layers, self.caa_layers = svc_layers, caa_layers
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """ExCEL's two trained parts: the adapter (per-layer MLPs and fusion conv, `decoder_fts_fuse`) and the
@@ -136,17 +177,13 @@ class ExcelAdapterModel(nn.Module):
         """The head's logits (B, K, h, w) on the token grid of normalised images (B, 3, H, W), nothing else."""
         clip_out = clip_pass(self.runner, images, svc_layers=self.svc_layers, attention_layers=0)
         calibrated = calibrated_tokens(self.runner, clip_out) if self.head_tokens == "reference" else None
-        logits = self.head(self._head_input(clip_out, calibrated), clip_out.grid)
-        self._captured.clear()  # the hook keeps F_d for `forward`; a prediction would otherwise pile them up
-        return logits
+        return self.head_logits(self._head_input(clip_out, calibrated), clip_out.grid)[0]
 
     def forward(self, images: Tensor, *, lvc: bool = False) -> AdapterOutput:
         """Normalised images (B, 3, H, W), H and W multiples of the patch size; see the module docstring."""
         clip_out = clip_pass(self.runner, images, svc_layers=self.svc_layers, attention_layers=self.caa_layers)
         calibrated = calibrated_tokens(self.runner, clip_out)  # SVC's static path
-        self._captured.clear()
-        logits = self.head(self._head_input(clip_out, calibrated), clip_out.grid)
-        features = self._captured.pop()
+        logits, features = self.head_logits(self._head_input(clip_out, calibrated), clip_out.grid)
         with torch.autocast(device_type=features.device.type, enabled=False):
             affinity = affinity_prediction(features)
         texts = self.texts
