@@ -43,39 +43,14 @@ def small_pipeline(folder: Path) -> Path:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.tiny_sd import clip_tokenizer
-    from wsss_core.models.compat import ensure_torchvision
+    from tests.tiny_sd import sd_pipeline
 
-    ensure_torchvision()
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=48, **SD_LAYOUT)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=384,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
-            projection_dim=64, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-        )
-    )  # fmt: skip
-    scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1,
-        set_alpha_to_one=False,
-    )  # fmt: skip
     tokenizer_dir = folder.with_name("tokenizer")
     tokenizer_dir.mkdir(exist_ok=True)
-    pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=clip_tokenizer(tokenizer_dir), unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+    unet = {"sample_size": 48, **SD_LAYOUT}
+    pipeline = sd_pipeline(
+        tokenizer_dir, unet=unet, vae_channels=(16, 32, 64, 64), image_size=384, text_width=64, text_mlp=128
+    )
     pipeline.save_pretrained(folder)
     return folder
 

@@ -33,31 +33,27 @@ def clip_tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
 
 
-def tiny_pipeline(folder: Path, heads: tuple[int, int] = (2, 4)) -> StableDiffusionPipeline:
-    """`heads`: attention heads of the down blocks at full and half latent resolution (the up blocks mirror them)."""
+def sd_pipeline(
+    tokenizer_dir: Path, *, unet: dict, vae_channels: tuple[int, ...], image_size: int, text_width: int, text_mlp: int
+) -> StableDiffusionPipeline:
+    """A random-weight pipeline of Stable Diffusion 1.x/2.x's components (seed 0): the UNet of config `unet`, a VAE
+    with `vae_channels` per level (one halving per level after the first), a 2-layer CLIP text encoder, SD 2.1 base's
+    scheduler and CLIP's own tokenizer (built in `tokenizer_dir`)."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=TINY_SIZE // 2,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=heads,  # diffusers reads this as the number of heads per resolution
-        norm_num_groups=8,
-    )
+    unet_model = UNet2DConditionModel(**unet)
     vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=TINY_SIZE,
+        sample_size=image_size,
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=49408, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-            projection_dim=32, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+            vocab_size=49408, hidden_size=text_width, intermediate_size=text_mlp, num_attention_heads=4,
+            num_hidden_layers=2, projection_dim=text_width, max_position_embeddings=77, bos_token_id=49406,
+            eos_token_id=49407,
         )
     )  # fmt: skip
     # Stable Diffusion 2.1 base's scheduler settings
@@ -66,9 +62,24 @@ def tiny_pipeline(folder: Path, heads: tuple[int, int] = (2, 4)) -> StableDiffus
         set_alpha_to_one=False,
     )  # fmt: skip
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(folder), unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(tokenizer_dir), unet=unet_model,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
+
+
+def tiny_pipeline(folder: Path, heads: tuple[int, int] = (2, 4)) -> StableDiffusionPipeline:
+    """`heads`: attention heads of the down blocks at full and half latent resolution (the up blocks mirror them)."""
+    unet = {
+        "sample_size": TINY_SIZE // 2,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": heads,  # diffusers reads this as the number of heads per resolution
+        "norm_num_groups": 8,
+    }
+    return sd_pipeline(folder, unet=unet, vae_channels=(16, 32), image_size=TINY_SIZE, text_width=32, text_mlp=37)
 
 
 def save_tiny_pipeline(folder: Path, heads: tuple[int, int] = (2, 4)) -> Path:
