@@ -99,19 +99,22 @@ class FetchError(RuntimeError):
 # and the weight files of the components a Stable Diffusion pipeline loads), and the stages record every weight file's
 # sha256 in their artifacts' provenance. `fetch` downloads those files only (no single-file checkpoints, no fp16
 # copies, no safety checker, which the stages never load).
+def _pipeline(what: str, repo: str) -> dict[str, Any]:
+    """A PIPELINES entry: a catalogue entry without pins, plus the repository `fetch` downloads."""
+    return {"what": what, "repo": repo, "url": f"https://huggingface.co/{repo}", "sha256": None, "size": None,
+            "sha256_prefix": None}  # fmt: skip
+
+
 PIPELINES: dict[str, dict[str, Any]] = {
-    "stable-diffusion-2-1-base": {
-        "what": "Stable Diffusion 2.1 base, diffusers layout (DiCLIP's VCE attention)",
-        "repo": "stabilityai/stable-diffusion-2-1-base",
-    },
-    "stable-diffusion-v1-5": {
-        "what": "Stable Diffusion 1.5, diffusers layout (DiCLIP's code draws its cache with it)",
-        # runwayml/stable-diffusion-v1-5 was withdrawn in 2024; this is the copy its maintainers point to
-        "repo": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    },
+    "stable-diffusion-2-1-base": _pipeline(
+        "Stable Diffusion 2.1 base, diffusers layout (DiCLIP's VCE attention)", "stabilityai/stable-diffusion-2-1-base"
+    ),
+    # runwayml/stable-diffusion-v1-5 was withdrawn in 2024; this is the copy its maintainers point to
+    "stable-diffusion-v1-5": _pipeline(
+        "Stable Diffusion 1.5, diffusers layout (DiCLIP's code draws its cache with it)",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    ),
 }
-for _entry in PIPELINES.values():
-    _entry.update(url=f"https://huggingface.co/{_entry['repo']}", sha256=None, size=None, sha256_prefix=None)
 PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder")  # the weights a Stable Diffusion pipeline cannot do without
 PIPELINE_FILES = ("model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors")
 PIPELINE_FILES += ("*/model.safetensors",)

@@ -105,10 +105,10 @@ def build_model(clip, texts, num_foreground: int, run: dict[str, Any], *, sd=Non
 def texts_of(clip, run: dict[str, Any], class_names: tuple[str, ...], key: str):
     """The unit texts (T, E): "a clean origami {}." over the class words, then the background words."""
     from wsss_core.models.clip_text import encode_text
-    from wsss_core.prompts.vocabulary import background_vocabulary, class_words, prompts_for
+    from wsss_core.prompts.vocabulary import run_prompts
 
-    foreground = prompts_for(class_words(run["class_names"], class_names, f"{key}.class_names"), run["template"])
-    return encode_text(clip, foreground + prompts_for(background_vocabulary(run["background_words"]), run["template"]))
+    foreground, background = run_prompts(run, class_names, key)
+    return encode_text(clip, foreground + background)
 
 
 def labels_from_cams(

@@ -107,10 +107,9 @@ def enriched_texts(clip, run: dict[str, Any], class_names: tuple[str, ...], bank
     from wsss_core.cam.excel.attributes import aggregate_attributes
     from wsss_core.cam.methods.excel import read_attribute_bank
     from wsss_core.models.clip_text import encode_text
-    from wsss_core.prompts.vocabulary import background_vocabulary, class_words, prompts_for
+    from wsss_core.prompts.vocabulary import run_prompts
 
-    foreground = prompts_for(class_words(run["class_names"], class_names, f"{key}.class_names"), run["template"])
-    background = prompts_for(background_vocabulary(run["background_words"]), run["template"])
+    foreground, background = run_prompts(run, class_names, key)
     text = encode_text(clip, foreground + background)
     bank = read_attribute_bank(
         bank_dir, embed_dim=int(text.shape[1]), num_foreground=len(foreground), class_names=tuple(class_names[1:])

@@ -88,7 +88,7 @@ class MaskJob:
         from wsss_core.cam.methods.diclip import diclip_settings
         from wsss_core.models.diffusion import load_sd_pipeline
         from wsss_core.models.loading import clip_from_params
-        from wsss_core.prompts.vocabulary import background_vocabulary, class_words, prompts_for
+        from wsss_core.prompts.vocabulary import run_prompts
 
         clip = clip_from_params(self.clip_params, device)
         sd = load_sd_pipeline(self.diffusion, device=clip.device)
@@ -96,8 +96,7 @@ class MaskJob:
         generator = DiclipCams(
             clip,
             sd,
-            prompts_for(class_words(masks["class_names"], self.class_names, "masks.class_names"), masks["template"]),
-            prompts_for(background_vocabulary(masks["background_words"]), masks["template"]),
+            *run_prompts(masks, self.class_names, "masks"),
             None,
             diclip_settings(masks, retrieval_weight=0.0, store_resolution="image"),
         )

@@ -61,6 +61,13 @@ class MapOf:
 Schema = dict[str, "Spec | MapOf | Schema"]
 
 
+def field_default(schema: Schema, key: str) -> Any:
+    """The default of `schema[key]` as a frozen dataclass field holds it: a list default as a tuple. Kernels' settings
+    classes read their defaults from their method's schema this way, so each is written once."""
+    value = schema[key].default
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _check_value(value: Any, spec: Spec, key: str) -> Any:
     if value is None:
         if spec.nullable:

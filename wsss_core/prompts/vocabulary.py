@@ -194,3 +194,12 @@ def background_vocabulary(setting: str) -> list[str]:
     return {"clip_es_voc": list(CLIP_ES_BACKGROUND_VOC), "clip_es_coco": list(CLIP_ES_BACKGROUND_COCO), "none": []}[
         setting
     ]
+
+
+def run_prompts(settings: dict, class_names: Sequence[str], key: str) -> tuple[list[str], list[str]]:
+    """(class prompts, background prompts) of a run's `class_names`, `background_words` and `template` settings for a
+    dataset's classes (background first); `key` names the run in a class-count error."""
+    words = class_words(settings["class_names"], class_names, f"{key}.class_names")
+    return prompts_for(words, settings["template"]), prompts_for(
+        background_vocabulary(settings["background_words"]), settings["template"]
+    )

@@ -24,6 +24,7 @@ reproducible per image); everything else is the reference's arithmetic.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,13 +53,12 @@ from wsss_core.models.clip import ClipModel
 from wsss_core.models.clip_text import encode_text
 from wsss_core.models.clip_visual import VisualRunner
 from wsss_core.models.diffusion import SdHandle, vce_pass
+from wsss_core.params.spec import field_default
 
 LABEL_EPSILON = 1e-6  # cam_to_label_iseg min-maxes each class at the label's size
 
 
-def _default(key: str):
-    value = (SETTINGS[key]).default
-    return tuple(value) if isinstance(value, list) else value
+_default = functools.partial(field_default, SETTINGS)
 
 
 @dataclass(frozen=True)

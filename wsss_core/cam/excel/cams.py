@@ -33,6 +33,7 @@ utils/camutils.multi_scale_lam2; CAA then uses the scale-1 view's attention, so 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from wsss_core.cam.methods.excel import SETTINGS as _DEFAULTS
 from wsss_core.models.clip import ClipModel
 from wsss_core.models.clip_text import encode_text
 from wsss_core.models.clip_visual import VisualRunner
+from wsss_core.params.spec import field_default
 from wsss_core.refine.par import par_refine
 
 # ExCEL's datasets/transforms.normalize_img, on 0..255 pixel values
@@ -62,9 +64,7 @@ MINMAX_EPSILON = 1e-7  # scale_cam_image, before resizing and the background
 FUSION_EPSILON = 1e-5  # multi_scale_lam2, when views are merged
 
 
-def _default(key: str):
-    value = _DEFAULTS[key].default
-    return tuple(value) if isinstance(value, list) else value
+_default = functools.partial(field_default, _DEFAULTS)
 
 
 @dataclass(frozen=True)

@@ -50,14 +50,13 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
     from dataclasses import fields
 
     from wsss_core.cam.clip_es import ClipEs, ClipEsSettings
-    from wsss_core.prompts.vocabulary import background_vocabulary, class_words, prompts_for
+    from wsss_core.prompts.vocabulary import run_prompts
 
     kernel = {field.name: run[field.name] for field in fields(ClipEsSettings) if field.name in run}
     settings = ClipEsSettings(**{**kernel, "scales": tuple(run["scales"])})
     generator = ClipEs(
         clip,
-        prompts_for(class_words(run["class_names"], class_names, "cams.class_names"), run["template"]),
-        prompts_for(background_vocabulary(run["background_words"]), run["template"]),
+        *run_prompts(run, class_names, "cams"),
         settings,
     )
     refined = run["refine"] == "caa"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsss_core.params.spec import Schema, Spec
+from wsss_core.params.spec import ParamsError, Schema, Spec
 
 INDEX = "artifacts/index"
 
@@ -49,3 +50,27 @@ class CamGenerator:
     cams: Callable[[Any, Sequence[int]], tuple[list[int], Any]]
     patch_size: int
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def settings_errors(method: str) -> Iterator[None]:
+    """A kernel's ValueError about the run's settings, raised as the run's ParamsError (a ParamsError, which already
+    names its key, passes as it is)."""
+    try:
+        yield
+    except ParamsError:
+        raise
+    except ValueError as error:
+        raise ParamsError(f"cams run (method {method}): {error}") from None
+
+
+def result_cams(
+    generator: Callable[[Any, Sequence[int]], Any],
+) -> Callable[[Any, Sequence[int]], tuple[list[int], Any]]:
+    """`CamGenerator.cams` of a kernel whose call returns a result with `class_ids` and `cams` (ExCEL's, DiCLIP's)."""
+
+    def cams(image, class_ids):
+        result = generator(image, class_ids)
+        return result.class_ids, result.cams
+
+    return cams

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wsss_core.cam.methods.common import CamGenerator
+from wsss_core.cam.methods.common import CamGenerator, result_cams, settings_errors
 from wsss_core.cam.methods.excel import TEXT_SETTINGS
 from wsss_core.params.spec import Schema, Spec
 
@@ -90,29 +90,19 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
     from wsss_core.cam.diclip.cache import read_cache
     from wsss_core.cam.diclip.cams import DiclipCams
     from wsss_core.models.clip_text import encode_text
-    from wsss_core.params import ParamsError
-    from wsss_core.prompts.vocabulary import background_vocabulary, class_words, prompts_for
+    from wsss_core.prompts.vocabulary import run_prompts
 
     embed_dim = int(encode_text(clip, ["a"]).shape[1])
     cache, provenance = read_cache(Path(run["reads"]), embed_dim=embed_dim, class_names=class_names)
     sd = load_cache_diffusion(provenance["checkpoints"]["vce"], clip.device, run["reads"])
-    try:
+    with settings_errors("diclip"):
         generator = DiclipCams(
             clip,
             sd,
-            prompts_for(class_words(run["class_names"], class_names, "cams.class_names"), run["template"]),
-            prompts_for(background_vocabulary(run["background_words"]), run["template"]),
+            *run_prompts(run, class_names, "cams"),
             (cache.keys, cache.values),
             diclip_settings(run, store_resolution=run["store_resolution"]),
         )
-    except ValueError as error:
-        if isinstance(error, ParamsError):
-            raise
-        raise ParamsError(f"cams run (method diclip): {error}") from None
-
-    def cams(image, class_ids):
-        result = generator(image, class_ids)
-        return result.class_ids, result.cams
 
     details = {"keys": int(len(cache.keys)), "diffusion": provenance["checkpoints"]["vce"]}
-    return CamGenerator(cams, clip.patch_size, details)
+    return CamGenerator(result_cams(generator), clip.patch_size, details)

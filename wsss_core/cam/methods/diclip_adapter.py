@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wsss_core.cam.methods.common import CamGenerator
+from wsss_core.cam.methods.common import CamGenerator, result_cams, settings_errors
 from wsss_core.cam.methods.diclip import KERNEL
 from wsss_core.params.spec import Schema
 
@@ -29,8 +29,7 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
     from wsss_core.adapter.artifact import load_adapter, run_settings
     from wsss_core.cam.diclip.cams import DiclipCams
     from wsss_core.cam.methods.diclip import diclip_settings, load_cache_diffusion
-    from wsss_core.params import ParamsError
-    from wsss_core.prompts.vocabulary import background_vocabulary, class_words, prompts_for
+    from wsss_core.prompts.vocabulary import run_prompts
     from wsss_core.store.table import ArtifactError
 
     model, provenance = load_adapter(Path(run["reads"]), clip, clip.device)
@@ -43,12 +42,11 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
         )
     trained = run_settings(provenance)
     sd = load_cache_diffusion(provenance["checkpoints"]["vce"], clip.device, run["reads"])
-    try:
+    with settings_errors("diclip_adapter"):
         generator = DiclipCams(
             clip,
             sd,
-            prompts_for(class_words(trained["class_names"], class_names, "class_names"), trained["template"]),
-            prompts_for(background_vocabulary(trained["background_words"]), trained["template"]),
+            *run_prompts(trained, class_names, f"adapt.runs.{details['run']}"),
             None,
             diclip_settings(
                 trained,
@@ -58,11 +56,5 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
             ),
             adapter=(model.adapter, trained["dynamic_cam_weight"]),
         )
-    except ValueError as error:
-        raise ParamsError(f"cams run (method diclip_adapter): {error}") from None
 
-    def cams(image, class_ids):
-        result = generator(image, class_ids)
-        return result.class_ids, result.cams
-
-    return CamGenerator(cams, clip.patch_size, {"variant": "dynamic", "adapter_run": details["run"]})
+    return CamGenerator(result_cams(generator), clip.patch_size, {"variant": "dynamic", "adapter_run": details["run"]})

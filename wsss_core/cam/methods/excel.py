@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wsss_core.cam.methods.common import CamGenerator, caa_settings
+from wsss_core.cam.methods.common import CamGenerator, caa_settings, result_cams, settings_errors
 from wsss_core.params.spec import Schema, Spec
 from wsss_core.prompts.vocabulary import BACKGROUND_WORD_CHOICES, CLASS_WORD_CHOICES
 
@@ -132,8 +132,7 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
 
     from wsss_core.cam.excel.cams import ExcelCams, ExcelSettings
     from wsss_core.models.clip_text import encode_text
-    from wsss_core.params import ParamsError
-    from wsss_core.prompts.vocabulary import background_vocabulary, class_words, prompts_for
+    from wsss_core.prompts.vocabulary import run_prompts
 
     embed_dim = int(encode_text(clip, ["a"]).shape[1])
     bank = read_attribute_bank(
@@ -144,23 +143,14 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
     )
     kernel = {field.name: run[field.name] for field in fields(ExcelSettings) if field.name in run}
     kernel.update(scales=tuple(run["scales"]), par_dilations=tuple(run["par_dilations"]))
-    try:
+    with settings_errors("excel"):
         settings = ExcelSettings(**kernel)
         generator = ExcelCams(
             clip,
-            prompts_for(class_words(run["class_names"], class_names, "cams.class_names"), run["template"]),
-            prompts_for(background_vocabulary(run["background_words"]), run["template"]),
+            *run_prompts(run, class_names, "cams"),
             bank,
             settings,
         )
-    except ValueError as error:
-        if isinstance(error, ParamsError):
-            raise
-        raise ParamsError(f"cams run (method excel): {error}") from None
-
-    def cams(image, class_ids):
-        result = generator(image, class_ids)
-        return result.class_ids, result.cams
 
     variant = "par" if settings.refine == "par" else ("caa" if settings.caa else "raw")
-    return CamGenerator(cams, clip.patch_size, {"variant": variant, "attributes": int(bank.shape[1])})
+    return CamGenerator(result_cams(generator), clip.patch_size, {"variant": variant, "attributes": int(bank.shape[1])})

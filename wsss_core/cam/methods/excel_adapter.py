@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wsss_core.cam.methods.common import CamGenerator
+from wsss_core.cam.methods.common import CamGenerator, settings_errors
 from wsss_core.cam.methods.excel import REFINE_SETTINGS
 from wsss_core.params.spec import Schema, Spec
 
@@ -34,7 +34,6 @@ SETTINGS: Schema = {
 def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGenerator:
     from wsss_core.adapter.artifact import load_adapter
     from wsss_core.adapter.inference import AdapterCams, InferenceSettings
-    from wsss_core.params import ParamsError
     from wsss_core.store.table import ArtifactError
 
     model, provenance = load_adapter(Path(run["reads"]), clip, clip.device)
@@ -44,7 +43,7 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
             f"{run['reads']}: trained for the classes {trained_on}, the dataset has {list(class_names)}"
         )
     keys = ("input_size", "flip", "lvc", "dynamic_caa", "caa_layers", "box_threshold", "reference_quirks", "refine")
-    try:
+    with settings_errors("excel_adapter"):
         settings = InferenceSettings(
             **{key: run[key] for key in keys},
             par_dilations=tuple(run["par_dilations"]),
@@ -52,7 +51,5 @@ def build(clip: Any, run: dict[str, Any], class_names: tuple[str, ...]) -> CamGe
             store_resolution=run["store_resolution"],
         )
         generator = AdapterCams(model, settings)
-    except ValueError as error:
-        raise ParamsError(f"cams run (method excel_adapter): {error}") from None
     variant = ("lvc" if settings.lvc else "svc") + ("+par" if settings.refine == "par" else "")
     return CamGenerator(generator, clip.patch_size, {"variant": variant, "adapter_run": provenance["details"]["run"]})
