@@ -48,13 +48,15 @@ def small_params() -> dict:
     params["describe"]["device"] = "cpu"
     for run in params["describe"]["runs"].values():  # shipped descriptions files, read where the repository has them
         run["reads"] = str(ROOT / run["reads"]) if run["source"] == "file" else run["reads"]
-    # ExCEL adapter learning: a few iterations on 32x32 crops, the schedule's switches inside them
+    # ExCEL's and VDA's adapter learning: a few iterations on 32x32 crops, the schedules' switches inside them
     params["adapt"].update({"device": "cpu", "checkpoint_every": 2})
     for run in params["adapt"]["runs"].values():
         run.update(
             {"iterations": 3, "batch_size": 2, "crop_size": 32, "warmup_iterations": 1, "embedding_dim": 32}
             | {"dynamic_from": 1, "seg_affinity_from": 2, "par_iterations": 2}
         )
+        if run["method"] == "vda":  # its mixtures from iteration 1, its prototypes from 2
+            run.update({"inn_from": 1, "intra_from": 2, "inn_hidden": 16, "intra_components": 2})
     params["cam_nets"].update({"device": "cpu", "pinned_cpu": False, "checkpoint_every": 1})
     params["cams"]["device"] = "cpu"
     for run in params["cams"]["runs"].values():

@@ -343,6 +343,7 @@ def test_adapt_stage_end_to_end_with_its_cams_and_predictions(project):
             }
         },
     }
+    params["cams"]["runs"].pop("vda"), params["seeds"]["variants"].pop("vda")  # the demo's VDA adapter is not made here
     params["cams"]["runs"]["adapted"] = {
         "method": "excel_adapter",
         "reads": "artifacts/adapter_excel",

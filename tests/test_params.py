@@ -684,8 +684,8 @@ def test_checkpoints_and_data_must_exist_only_with_files(tmp_path):
     assert problems == [
         "dataset.root: data/voc (read by stage prepare) does not exist",
         "models.clip.checkpoint: checkpoints/clip.pt (read by stages describe@synthetic, learn@classification, "
-        "learn@segmentation, adapt@excel, cams@raw, cams@caa, cams@excel, cams@excel_adapter, cams@coarse, "
-        "cams@fine, retrain@weclip, predict@plain, predict@crf, predict@sams) does not exist",
+        "learn@segmentation, adapt@excel, adapt@vda, cams@raw, cams@caa, cams@excel, cams@excel_adapter, cams@vda, "
+        "cams@coarse, cams@fine, retrain@weclip, predict@plain, predict@crf, predict@sams) does not exist",
     ]
     (tmp_path / "data" / "voc").mkdir(parents=True)
     (tmp_path / "checkpoints").mkdir()

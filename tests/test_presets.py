@@ -20,6 +20,7 @@ from tests.test_models_sam import TINY
 from tests.test_sd_cache import TINY_ADAPT, TINY_MASKS, tiny_cache_run
 from tests.test_segment_networks import TINY_RESNET, TINY_VIT
 from tests.tiny_sd import save_tiny_pipeline
+from wsss_core.adapter import ADAPT_METHODS
 from wsss_core.data import generate_synthetic
 from wsss_core.hashing import sha256_file, sha256_path
 from wsss_core.params import apply_preset, load_params
@@ -56,6 +57,8 @@ METHOD_FAMILIES = {
         "predict",
         "evaluate_predictions",
     },
+    # VDA reads no descriptions: its adapter learns them from the images
+    "vda": {"prepare", "adapt", "cams", "seeds", "evaluate", "predict", "evaluate_predictions"},
     # WeakTr loads no CLIP: its own CAM network, then the ViT segmenter
     "weaktr": {
         "prepare",
@@ -192,6 +195,8 @@ def tiny_run(params: dict, hashes: dict[str, str]) -> dict:
             continue
         run.update(svc_layers=2, caa_layers=2, iterations=2, batch_size=2, crop_size=32, warmup_iterations=1)
         run.update(dynamic_from=1, seg_affinity_from=2, par_iterations=2, embedding_dim=32, heads=4)
+        if run["method"] == "vda":  # every phase: the mixtures from iteration 0, the descriptions from 1
+            run.update(inn_from=0, intra_from=1, inn_hidden=16, intra_components=2)
     for run in params["sam_masks"]["runs"].values():
         run["sam"].update(
             model_type="custom",
@@ -289,4 +294,7 @@ def test_preset_runs_end_to_end_on_the_users_data_and_leaves_it_untouched(name, 
     seeds = [*params["seeds"]["variants"], *params["seeds"]["sams"]["variants"]]
     predictions = params["retrain"]["predict"]["variants"]
     assert metrics == sorted([f"seeds_{v}" for v in seeds] + [f"predictions_{v}" for v in predictions])
+    for name, run in params["adapt"]["runs"].items():  # an adapter records what it read, and only that
+        upstream = yaml.safe_load((tmp_path / f"artifacts/adapter_{name}/provenance.json").read_text())["upstream"]
+        assert set(upstream) == {"index"} | ({ADAPT_METHODS[run["method"]].READS} - {None})
     assert stages_run(dvc(tmp_path, "repro")) == []

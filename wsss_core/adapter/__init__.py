@@ -12,13 +12,14 @@ the model's own CAMs (ExCEL; DiCLIP and VDA build on the same stage). One module
   kv_adapter.py     DiCLIP's dynamic adapter, initialised from the SD cache's keys and values
   diclip_model.py   the trainable DiCLIP model: CLIP with SD's attention fused in, the dynamic adapter, WeCLIP head
   diclip.py         the `diclip` method: its run settings, labels (CAA + SD-attention refinement) and loss
-  inn.py, gmm.py    VDA's invertible network (Real-NVP couplings + ActNorm) and Gaussian mixtures (its method and
-                    stage wiring are still to come)
+  inn.py, gmm.py    VDA's invertible network (Real-NVP couplings + ActNorm) and Gaussian mixtures
+  vda_model.py      the trainable VDA model: ExCEL's on template texts, the network and mixtures, the descriptions
+  vda.py            the `vda` method: its run settings, schedule and loss
 
 `ADAPT_METHODS` is the registry `adapt.runs.<name>.method` picks from. Every method module has:
   SETTINGS: Schema     its run keys besides the common ones (`RUN`)
-  READS: str           the artifact family its `reads` names ("descriptions": artifacts/descriptions_<run>,
-                       "sd_cache": artifacts/sd_cache_<run>)
+  READS: str | None    the artifact family its `reads` names ("descriptions": artifacts/descriptions_<run>,
+                       "sd_cache": artifacts/sd_cache_<run>; None: the index alone, artifacts/index)
   LOSS_COLUMNS         the columns of its loss curve (metrics/adapt_<run>/loss.csv)
   fit(clip, run, dataset, reads, *, key, device, work_dir, checkpoint_every, on_step) -> Fitted
   build_model(clip, texts, num_foreground, run)  the untrained model (artifact.py loads weights into it)
@@ -27,7 +28,7 @@ The stage is wsss_core/drivers/adapt.py.
 
 from __future__ import annotations
 
-from wsss_core.adapter import diclip, excel
+from wsss_core.adapter import diclip, excel, vda
 from wsss_core.params.spec import Schema, Spec
 
 RUN: Schema = {
@@ -36,11 +37,12 @@ RUN: Schema = {
         str,
         None,
         "the artifact the run reads besides the index: excel, artifacts/descriptions_<a describe run>; diclip, "
-        "artifacts/sd_cache_<an sd_cache run>",
+        "artifacts/sd_cache_<an sd_cache run>; vda, artifacts/index (it reads nothing else)",
     ),
 }
 
 ADAPT_METHODS = {
     "excel": excel,
     "diclip": diclip,
+    "vda": vda,
 }

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsss_core.adapter.excel import Fitted, IndexData
+from wsss_core.adapter.excel import Fitted, IndexData, template_texts
 from wsss_core.adapter.settings import LOOP_KEYS, RUN_END, check_run, head_settings, loop_settings
 from wsss_core.cam.methods.diclip import KERNEL, TEXTS
 from wsss_core.params.spec import Schema, Spec
@@ -100,15 +100,6 @@ def build_model(clip, texts, num_foreground: int, run: dict[str, Any], *, sd=Non
             retrieval_weight=run["retrieval_weight"],
             **{name: run[name] for name in ARCHITECTURE_KEYS},
         )
-
-
-def texts_of(clip, run: dict[str, Any], class_names: tuple[str, ...], key: str):
-    """The unit texts (T, E): "a clean origami {}." over the class words, then the background words."""
-    from wsss_core.models.clip_text import encode_text
-    from wsss_core.prompts.vocabulary import run_prompts
-
-    foreground, background = run_prompts(run, class_names, key)
-    return encode_text(clip, foreground + background)
 
 
 def labels_from_cams(
@@ -215,7 +206,7 @@ def fit(
     blocks = len(clip.model.visual.transformer.resblocks)
     check_run(run, key, patch_size=clip.patch_size, blocks=blocks, layer_keys=("fused_layers", "caa_layers"))
     class_names = tuple(dataset.class_names)
-    texts = texts_of(clip, run, class_names, key)
+    texts = template_texts(clip, run, class_names, key)
     cache, cache_provenance = read_cache(reads, embed_dim=int(texts.shape[1]), class_names=class_names)
     if len(cache.keys) > run["adapter_size"]:
         raise ParamsError(f"{key}.adapter_size: {run['adapter_size']} is below the cache's {len(cache.keys)} keys")

@@ -100,22 +100,30 @@ class IndexData:
         return read_image(sample.image_path), list(sample.labels)
 
 
+def template_texts(clip, run: dict[str, Any], class_names: tuple[str, ...], key: str):
+    """The unit texts (T, E) of the run's template over its class words (the C class rows first), then its background
+    words: what ExCEL enriches, and DiCLIP's and VDA's texts as they are."""
+    from wsss_core.models.clip_text import encode_text
+    from wsss_core.prompts.vocabulary import run_prompts
+
+    foreground, background = run_prompts(run, class_names, key)
+    return encode_text(clip, foreground + background)
+
+
 def enriched_texts(clip, run: dict[str, Any], class_names: tuple[str, ...], bank_dir: Path, key: str):
     """TSE texts (T, E), the C class rows first, from the run's words and the attribute bank in `bank_dir`."""
     import torch
 
     from wsss_core.cam.excel.attributes import aggregate_attributes
     from wsss_core.cam.methods.excel import read_attribute_bank
-    from wsss_core.models.clip_text import encode_text
-    from wsss_core.prompts.vocabulary import run_prompts
 
-    foreground, background = run_prompts(run, class_names, key)
-    text = encode_text(clip, foreground + background)
+    text = template_texts(clip, run, class_names, key)
+    num_foreground = len(class_names) - 1
     bank = read_attribute_bank(
-        bank_dir, embed_dim=int(text.shape[1]), num_foreground=len(foreground), class_names=tuple(class_names[1:])
+        bank_dir, embed_dim=int(text.shape[1]), num_foreground=num_foreground, class_names=tuple(class_names[1:])
     )
     attributes = torch.from_numpy(bank).to(text.device)
-    return aggregate_attributes(text, attributes, len(foreground), top_fraction=run["attribute_top_fraction"])
+    return aggregate_attributes(text, attributes, num_foreground, top_fraction=run["attribute_top_fraction"])
 
 
 def build_model(clip, texts, num_foreground: int, run: dict[str, Any]):

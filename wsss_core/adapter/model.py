@@ -8,6 +8,8 @@ One forward gives everything a training step needs:
   cams        (B, C, h, w)    SVC's static CAMs of every foreground class (feature surgery with the TSE texts)
   lvc_cams    (B, C, h, w)    with `lvc=True`: the dynamic CAMs, SVC shifted by LVC from the detached F_d
   attentions  (L, B, N, N)    the original path's attention of the last `caa_layers` blocks, for CAA
+  static_features, lvc_features  (B, 1 + hw, E)  the projected SVC features the CAMs (and with `lvc` the dynamic
+                              CAMs) were computed from, for CAMs of other texts (VDA's descriptions, vda_model.py)
 
 The head reads one token map per CLIP block; `head_tokens="reference"` gives it what ExCEL's head reads, which the
 reference's in-place updates of its dual path make differ from the blocks' own outputs in the blocks around the
@@ -54,6 +56,8 @@ class AdapterOutput:
     cams: Tensor
     attentions: Tensor | None
     lvc_cams: Tensor | None = None
+    static_features: Tensor | None = None
+    lvc_features: Tensor | None = None
 
 
 def surgery_cams(features: Tensor, texts: Tensor, num_foreground: int, grid: tuple[int, int]) -> Tensor:
@@ -190,11 +194,11 @@ class ExcelAdapterModel(ClipHeadModel):
         with torch.no_grad():
             static = self.runner.project(output_tokens(clip_out, calibrated))
         cams = surgery_cams(static, texts, self.num_foreground, clip_out.grid)
-        lvc_cams = None
+        lvc_cams = shifted = None
         if lvc:
             shifted = calibrated_features(self.runner, clip_out, lvc_shift(features))
             lvc_cams = surgery_cams(shifted, texts, self.num_foreground, clip_out.grid)
-        return AdapterOutput(logits, features, affinity, cams, clip_out.attentions, lvc_cams)
+        return AdapterOutput(logits, features, affinity, cams, clip_out.attentions, lvc_cams, static, shifted)
 
 
 class AdapterSegmenter(nn.Module):

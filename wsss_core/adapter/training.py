@@ -82,6 +82,7 @@ class AdaptSettings:
     schedule: Schedule = Schedule()
     labels: PseudoLabelSettings = field(default_factory=PseudoLabelSettings)
     amp: bool = True
+    extra_lr_scales: tuple[tuple[str, float], ...] = ()  # a method's further parameter groups (VDA's "inn")
     checkpoint_every: int = 500
     seed: int = 0
 
@@ -147,8 +148,13 @@ def excel_seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def make_optimizer(model: torch.nn.Module, settings: AdaptSettings) -> torch.optim.AdamW:
-    """AdamW over the adapter and decoder groups, each remembering its lr multiplier (`lr_scale`)."""
-    scales = {"adapter": settings.adapter_lr_scale, "decoder": settings.decoder_lr_scale}
+    """AdamW over the model's parameter groups (adapter, decoder and any of `extra_lr_scales`), each remembering its
+    lr multiplier (`lr_scale`)."""
+    scales = {
+        "adapter": settings.adapter_lr_scale,
+        "decoder": settings.decoder_lr_scale,
+        **dict(settings.extra_lr_scales),
+    }
     groups = [
         {"params": parameters, "lr": settings.lr * scales[name], "lr_scale": scales[name], "name": name}
         for name, parameters in model.parameter_groups().items()
@@ -156,16 +162,25 @@ def make_optimizer(model: torch.nn.Module, settings: AdaptSettings) -> torch.opt
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=settings.weight_decay)
 
 
-def training_step(
-    model: ExcelAdapterModel, images: torch.Tensor, present: list[list[int]], step: int, settings: AdaptSettings
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch (with graph) and its parts: forward, pseudo labels, seg and diversity losses."""
+def excel_step(
+    model: ExcelAdapterModel,
+    images: torch.Tensor,
+    present: list[list[int]],
+    step: int,
+    settings: AdaptSettings,
+    *,
+    cams_of: Callable[[Any, list[list[int]], torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, float], Any, torch.Tensor]:
+    """One batch's forward, pseudo labels, seg and diversity losses: (loss with graph, its parts, the model's output,
+    the labels). `cams_of(out, present, cams)` may replace the CAMs the labels come from (VDA's fused CAMs)."""
     schedule = settings.schedule
     dynamic = schedule.dynamic(step)
     use_amp = settings.amp and images.device.type == "cuda"
     with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=use_amp):
         out = model(images, lvc=dynamic)
     cams = out.lvc_cams if dynamic else out.cams
+    if cams_of is not None:
+        cams = cams_of(out, present, cams)
     labels = pseudo_labels(
         images,
         cams.float(),
@@ -179,7 +194,14 @@ def training_step(
     pairs = logits.detach().argmax(dim=1) if schedule.seg_affinity(step) else labels
     diversity = diversity_loss(out.affinity, affinity_targets(pairs, tuple(out.logits.shape[-2:]), settings.radius))
     loss = settings.seg_weight * seg + settings.diversity_weight * diversity
-    return loss, {"seg_loss": float(seg.detach()), "diversity_loss": float(diversity.detach())}
+    return loss, {"seg_loss": float(seg.detach()), "diversity_loss": float(diversity.detach())}, out, labels
+
+
+def training_step(
+    model: ExcelAdapterModel, images: torch.Tensor, present: list[list[int]], step: int, settings: AdaptSettings
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """ExCEL's step: the loss of one batch (with graph) and its parts (`excel_step`)."""
+    return excel_step(model, images, present, step, settings)[:2]
 
 
 def train(
@@ -197,7 +219,7 @@ def train(
     {iteration (0-based), loss, its parts, lr (the base rate times the schedule)}.
 
     `step_loss(model, images, present, step, settings)` gives a batch's loss and its named parts: ExCEL's
-    `training_step` (seg_loss, diversity_loss) unless another method's (wsss_core/adapter/diclip.py) is given.
+    `training_step` (seg_loss, diversity_loss) unless another method's (wsss_core/adapter/diclip.py, vda.py) is given.
 
     `work_dir` holds the checkpoint and must be specific to this run's inputs (the caller keys it by their hash); a
     checkpoint there is resumed from. `on_step(done)` runs after each iteration (tests use it to stand for a kill).

@@ -62,7 +62,7 @@ def adapt(
     clip = clip_from_params(clip_params, device)
 
     read = {key: run, "models.clip": clip_params}
-    upstream = {"index": index_path, method.READS: reads}
+    upstream = {"index": index_path} if method.READS is None else {"index": index_path, method.READS: reads}
     out = artifacts_dir / f"adapter_{name}"
     inputs = {"read": read, "upstream": {label: sha256_path(path) for label, path in upstream.items()}}
     with resumable_work(out, canonical(inputs), scratch_root) as work_dir:

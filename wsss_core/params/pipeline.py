@@ -141,15 +141,13 @@ def _kind_problems(params: dict[str, Any]) -> list[str]:
             expect(
                 key, run["reads"], "artifacts/seeds_", "a seed artifact, artifacts/seeds_<variant>.zarr", prefix=True
             )
-    for name, run in params["adapt"]["runs"].items():
-        wanted = f"artifacts/{ADAPT_METHODS[run['method']].READS}_"
-        expect(f"adapt.runs.{name}.reads", run["reads"], wanted, f"{wanted}<run>", prefix=True)
-    for name, run in params["cams"]["runs"].items():
-        key, method = f"cams.runs.{name}.reads", CAM_METHODS[run["method"]]
-        if method.READS is None:
-            expect(key, run["reads"], INDEX, f"{INDEX} ({run['method']} reads nothing else)")
-        else:
-            expect(key, run["reads"], f"artifacts/{method.READS}_", f"artifacts/{method.READS}_<run>", prefix=True)
+    for section, methods in (("adapt", ADAPT_METHODS), ("cams", CAM_METHODS)):
+        for name, run in params[section]["runs"].items():
+            key, family = f"{section}.runs.{name}.reads", methods[run["method"]].READS
+            if family is None:
+                expect(key, run["reads"], INDEX, f"{INDEX} ({run['method']} reads nothing else)")
+            else:
+                expect(key, run["reads"], f"artifacts/{family}_", f"artifacts/{family}_<run>", prefix=True)
     for name, entry in params["cam_nets"]["cams"].items():
         key = f"cam_nets.cams.{name}.reads"
         expect(key, entry["reads"], "artifacts/camnet_", "artifacts/camnet_<a key of cam_nets.runs>", prefix=True)

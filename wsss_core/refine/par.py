@@ -115,16 +115,24 @@ def par_refine(
         )
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    weights = par_weights(images.to(maps.device), tuple(maps.shape[-2:]), dilations)  # (B, K, h, w)
-    weights = weights.flatten(2).unsqueeze(1)  # (B, 1, K, h*w)
-    index = neighbour_index(*maps.shape[-2:], dilations, device=maps.device)
-    refined = maps.float().flatten(2)  # (B, C, h*w)
-    # One neighbour at a time, accumulated in place: gathering all K neighbours at once (B, C, K, h*w) moves K times
-    # the maps through memory per iteration; this is 5x faster on a CPU (crop-size maps) and sums in another order
-    # (the reference's PAR matched within 1.4e-6 instead of 3.6e-7).
+    height, width = maps.shape[-2:]
+    weights = par_weights(images.to(maps.device), (height, width), dilations).unsqueeze(1)  # (B, 1, K, h, w)
+    # Neighbour k is a shifted window of the maps padded by replication (the same values as clamped indices). One
+    # neighbour at a time, accumulated in place: gathering all K at once (B, C, K, h, w) moves K times the maps
+    # through memory per iteration. Windows of one padded copy per iteration halve the time of gathering each
+    # neighbour (crop-size maps on a CPU) with the same bits; the sum runs in another order than the reference's
+    # (its PAR matched within 1.4e-6 instead of 3.6e-7).
+    pad = max(_check_dilations(dilations))
+    windows = [(pad + dy * d, pad + dx * d) for d in dilations for dy, dx in RING]
+    refined = maps.float()
     for _ in range(iterations):
-        accumulated = refined[..., index[0]] * weights[:, :, 0]
-        for k in range(1, index.shape[0]):
-            accumulated.addcmul_(refined[..., index[k]], weights[:, :, k])
+        padded = F.pad(refined, (pad, pad, pad, pad), mode="replicate")
+        accumulated = None
+        for k, (top, left) in enumerate(windows):
+            neighbour = padded[..., top : top + height, left : left + width]
+            if accumulated is None:
+                accumulated = neighbour * weights[:, :, k]
+            else:
+                accumulated.addcmul_(neighbour, weights[:, :, k])
         refined = accumulated
-    return refined.unflatten(-1, tuple(maps.shape[-2:]))
+    return refined
