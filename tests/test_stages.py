@@ -208,15 +208,16 @@ def test_unknown_seed_variant_is_named(project):
     result = invoke("seeds", "sams")
     assert result.exit_code == 1
     assert (
-        "seeds.variants.sams: no such variant; defined: cam, caa, crf, excel, excel_adapter "
+        "seeds.variants.sams: no such variant; defined: cam, caa, crf, excel, excel_adapter, vda "
         "(sams is a SAMS variant: run " in result.output
     )
     result = invoke("seeds", "nothing")
-    assert result.exit_code == 1 and result.output.strip().endswith("defined: cam, caa, crf, excel, excel_adapter")
+    assert result.exit_code == 1 and result.output.strip().endswith("defined: cam, caa, crf, excel, excel_adapter, vda")
     result = invoke("cams", "nothing")
     assert (
         result.exit_code == 1
-        and "cams.runs.nothing: no such entry; defined: raw, caa, excel, excel_adapter, coarse, fine" in result.output
+        and "cams.runs.nothing: no such entry; defined: raw, caa, excel, excel_adapter, vda, coarse, fine"
+        in result.output
     )
 
 
