@@ -22,6 +22,7 @@ from wsss_core.engine import ImageError
 from wsss_core.hashing import sha256_path
 
 MASK_RUN = "felzenszwalb"
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time under pytest-xdist
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,7 @@ def test_an_unknown_engine_is_refused_by_name(prepared):
     assert result.exit_code == 1 and "--engine: 'spark' is not an engine; choose from local, ray" in result.output
 
 
+@pytest.mark.xdist_group("ray")  # one Ray instance at a time under pytest-xdist
 def test_a_ray_cluster_that_is_not_there_is_named(prepared, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     result = invoke("sam_masks", RUN, "--engine", "ray", "--address", "auto")

@@ -133,6 +133,7 @@ def test_cache_resumes_after_a_kill_and_reruns_give_the_same_bytes(cache_project
     assert sha256_path(cache_project / "artifacts" / "sd_cache_tiny") == first
 
 
+@pytest.mark.xdist_group("ray")  # one Ray instance at a time under pytest-xdist
 def test_the_cache_drawn_on_the_ray_engine_is_the_local_bytes(cache_project):
     import torch
 
