@@ -24,6 +24,11 @@ TINY_DEMO_CLIP_CFG = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whole-pipeline runs first: on pytest-xdist's two workers they then overlap, not end the run one alone."""
+    items.sort(key=lambda item: item.get_closest_marker("dvc_repro") is None)  # stable: the rest keep their order
+
+
 def small_params() -> dict:
     """The shipped params.yaml with a small dataset and a tiny random CLIP."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

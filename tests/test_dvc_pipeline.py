@@ -80,6 +80,7 @@ def dvc_project(tmp_path) -> Path:
 PREDICTIONS = ("plain", "crf", "sams")  # retrain.predict.variants of the shipped params
 
 
+@pytest.mark.dvc_repro
 def test_repro_is_incremental(dvc_project):
     first = stages_run(dvc(dvc_project, "repro"))
     demo = ["demo/dvc.yaml:demo_data", "demo/dvc.yaml:demo_clip"]  # ancestors through dataset.root, the CLIP's file

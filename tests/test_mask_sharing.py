@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, TINY_DEMO_CLIP_CFG, small_params
@@ -77,6 +78,7 @@ def validated(params: dict) -> dict:
     return {name: validate_section(params.get(name), schema, name) for name, schema in SECTIONS.items()}
 
 
+@pytest.mark.dvc_repro
 def test_masks_pushed_by_one_repository_are_imported_and_used_by_another(tmp_path):
     remote = tmp_path / "remote"
     team_a = new_repository(tmp_path / "team_a", demo_params(), with_sam_masks_stage=True)

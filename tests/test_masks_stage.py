@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,13 @@ def test_an_unknown_engine_is_refused_by_name(prepared):
 
 @pytest.mark.xdist_group("ray")  # one Ray instance at a time under pytest-xdist
 def test_a_ray_cluster_that_is_not_there_is_named(prepared, monkeypatch):
+    import ray._private.services
+
+    # "auto" finds any Ray process on the machine, and another test's instance may still be shutting down: the
+    # machine this test stands for has none.
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray._private.services, "find_gcs_addresses", functools.cache(lambda: []))  # Ray clears it
+    monkeypatch.setattr(ray._private.services, "find_bootstrap_address", lambda temp_dir: None)
     result = invoke("sam_masks", RUN, "--engine", "ray", "--address", "auto")
     assert result.exit_code == 1
     assert "engine.ray.address: no Ray cluster at 'auto'" in result.output and "ray start --head" in result.output

@@ -268,6 +268,7 @@ def generated(tmp_path_factory) -> Path:
     )
 
 
+@pytest.mark.dvc_repro
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_runs_end_to_end_on_the_users_data_and_leaves_it_untouched(name, generated, tmp_path):
     copy_pipeline(tmp_path)
