@@ -24,6 +24,10 @@ TINY_DEMO_CLIP_CFG = {
 }
 
 
+# The tests that start or look for a Ray instance share one pytest-xdist worker: one instance on the machine at a time.
+ONE_RAY_AT_A_TIME = pytest.mark.xdist_group("ray")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Whole-pipeline runs first: on pytest-xdist's two workers they then overlap, not end the run one alone."""
     items.sort(key=lambda item: item.get_closest_marker("dvc_repro") is None)  # stable: the rest keep their order

@@ -15,14 +15,14 @@ import pytest
 import ray
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ONE_RAY_AT_A_TIME, ROOT
 from tests.test_stages import invoke, run_ok
 from wsss_core.drivers import masks as mask_driver
 from wsss_core.engine import ImageError
 from wsss_core.hashing import sha256_path
 
 MASK_RUN = "felzenszwalb"
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time under pytest-xdist
+pytestmark = ONE_RAY_AT_A_TIME
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+from tests.conftest import ONE_RAY_AT_A_TIME
 from tests.test_models_sam import TINY
 from tests.test_stages import Killed, invoke, run_ok
 from wsss_core.audit import audit
@@ -122,7 +123,7 @@ def test_an_unknown_engine_is_refused_by_name(prepared):
     assert result.exit_code == 1 and "--engine: 'spark' is not an engine; choose from local, ray" in result.output
 
 
-@pytest.mark.xdist_group("ray")  # one Ray instance at a time under pytest-xdist
+@ONE_RAY_AT_A_TIME
 def test_a_ray_cluster_that_is_not_there_is_named(prepared, monkeypatch):
     import ray._private.services
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import ONE_RAY_AT_A_TIME
 from tests.test_stages import Killed, invoke, run_ok
 from wsss_core.audit import audit, read_provenance
 from wsss_core.hashing import sha256_file, sha256_path
@@ -118,7 +119,7 @@ def test_retrain_predict_and_evaluate_on_the_eval_split(project):
     assert {child.name for child in segmenter_node.children} == {"seeds", "index"}
 
 
-@pytest.mark.xdist_group("ray")  # one Ray instance at a time under pytest-xdist
+@ONE_RAY_AT_A_TIME
 def test_predictions_on_the_ray_engine_are_the_local_bytes(project):
     run_ok("retrain", "weclip")
     for variant in ("plain", "sams"):  # sams: the masks are read in the stage's process and sent with the image

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.conftest import ONE_RAY_AT_A_TIME
 from tests.test_stages import Killed, invoke, run_ok
 from tests.tiny_sd import save_tiny_pipeline
 from wsss_core.hashing import sha256_path
@@ -133,7 +134,7 @@ def test_cache_resumes_after_a_kill_and_reruns_give_the_same_bytes(cache_project
     assert sha256_path(cache_project / "artifacts" / "sd_cache_tiny") == first
 
 
-@pytest.mark.xdist_group("ray")  # one Ray instance at a time under pytest-xdist
+@ONE_RAY_AT_A_TIME
 def test_the_cache_drawn_on_the_ray_engine_is_the_local_bytes(cache_project):
     import torch
 
