@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +67,20 @@ def test_model_libraries_import_and_torchvision_nms_agrees():
         members = torch.nonzero(groups == group).flatten()
         expected = members[nms_cpu(boxes[members], scores[members], 0.3)]
         assert set(kept.tolist()) & set(members.tolist()) == set(expected.tolist())
+
+
+def test_open_clip_imports_without_transformers_which_stays_importable():
+    # a fresh interpreter: this one may have imported transformers already (diffusers' tests)
+    script = (
+        "import sys\n"
+        "import wsss_core.models.clip\n"
+        "import open_clip\n"
+        "assert 'transformers' not in sys.modules, 'open_clip pulled transformers in'\n"
+        "assert open_clip.hf_model.transformers is None\n"
+        "import transformers\n"
+        "from transformers import CLIPTextConfig\n"
+        "print(CLIPTextConfig().hidden_size)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "512"

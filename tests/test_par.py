@@ -21,10 +21,10 @@ from wsss_core.refine.par import (
 
 def test_neighbours_are_the_ring_at_each_dilation_with_replicated_borders():
     grid = torch.arange(25, dtype=torch.float32).reshape(1, 1, 5, 5)
-    neighbours = dilated_neighbours(grid, (1, 2))
-    assert neighbours.shape == (1, 1, 16, 5, 5)
+    neighbours = dilated_neighbours(grid, (1, 2, 7))  # 7: past the image from every pixel
+    assert neighbours.shape == (1, 1, 24, 5, 5)
     values = grid[0, 0].numpy()
-    for k, (d, (dy, dx)) in enumerate((d, offset) for d in (1, 2) for offset in RING):
+    for k, (d, (dy, dx)) in enumerate((d, offset) for d in (1, 2, 7) for offset in RING):
         for row in range(5):
             for col in range(5):
                 expected = values[min(max(row + dy * d, 0), 4), min(max(col + dx * d, 0), 4)]

@@ -18,10 +18,10 @@ import torch
 
 from wsss_core.models import resolve_device
 from wsss_core.models.checkpoints import CheckpointError, CheckpointRef, load_state_dict, verify_checkpoint
-from wsss_core.models.compat import ensure_torchvision
+from wsss_core.models.compat import import_open_clip
 from wsss_core.models.torchscript_archive import read_torchscript_tensors
 
-ensure_torchvision()  # open_clip imports torchvision, which needs this on CPU-only machines
+import_open_clip()  # torchvision made importable on CPU-only machines, transformers left out
 import open_clip  # noqa: E402
 
 # Entries of OpenAI's original checkpoints that are metadata, not weights; open_clip drops them the same way.

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from wsss_core.models.clip import ClipModel
-from wsss_core.models.compat import ensure_torchvision
+from wsss_core.models.compat import import_open_clip
 
-ensure_torchvision()  # open_clip imports torchvision, which needs this on CPU-only machines
+import_open_clip()  # torchvision made importable on CPU-only machines, transformers left out
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer  # noqa: E402
 
 # (q, k, v per head, block input tokens) -> attention output per head, shaped like v

@@ -80,3 +80,24 @@ def ensure_torchvision() -> None:
 
     # nms asks whether the compiled ops loaded before calling them; ours are registered above.
     torchvision.ops.boxes._assert_has_ops = lambda: None
+
+
+def import_open_clip() -> None:
+    """Import open_clip with torchvision made importable and without Hugging Face transformers.
+
+    open_clip imports transformers (about a second of every CLIP stage's start) only for Hugging Face text towers,
+    which `load_clip` refuses, and its hf_model module carries on with `transformers = None` when that import fails.
+    A process that has imported transformers already (for diffusers' pipelines) keeps it, and tokenizers that need
+    transformers still import it when they are built. Call before the first `import open_clip`.
+    """
+    ensure_torchvision()
+    if "open_clip" in sys.modules:
+        return
+    blocked = "transformers" not in sys.modules
+    if blocked:
+        sys.modules["transformers"] = None  # `import transformers` now raises ImportError
+    try:
+        import open_clip  # noqa: F401
+    finally:
+        if blocked and sys.modules.get("transformers", False) is None:
+            del sys.modules["transformers"]

@@ -47,29 +47,23 @@ def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
     return dilations
 
 
-def neighbour_index(height: int, width: int, dilations: Sequence[int] = DILATIONS, *, device=None) -> Tensor:
-    """(K, height * width) flat indices of the 8 ring neighbours of every pixel at each dilation, dilation-major,
-    clamped to the image: a neighbour off the image is the nearest border pixel (replicate padding)."""
-    rows = torch.arange(height, device=device).view(height, 1)
-    cols = torch.arange(width, device=device).view(1, width)
-    return torch.stack(
-        [
-            ((rows + dy * d).clamp(0, height - 1) * width + (cols + dx * d).clamp(0, width - 1)).flatten()
-            for d in _check_dilations(dilations)
-            for dy, dx in RING
-        ]
-    )
+def _windows(dilations: Sequence[int]) -> tuple[int, list[tuple[int, int]]]:
+    """The replicate padding that holds every neighbour, and neighbour k's (top, left) window in the padded copy,
+    dilation-major in RING's order: a neighbour off the image reads the nearest border pixel."""
+    dilations = _check_dilations(dilations)
+    pad = max(dilations)
+    return pad, [(pad + dy * d, pad + dx * d) for d in dilations for dy, dx in RING]
 
 
-def dilated_neighbours(x: Tensor, dilations: Sequence[int] = DILATIONS, *, index: Tensor | None = None) -> Tensor:
+def dilated_neighbours(x: Tensor, dilations: Sequence[int] = DILATIONS) -> Tensor:
     """The 8 ring neighbours of every pixel at each dilation: (B, C, H, W) -> (B, C, 8 * len(dilations), H, W),
-    dilation-major, borders replicated. `index` is `neighbour_index` of the size, when the caller has it."""
+    dilation-major, borders replicated: windows of one padded copy (twice as fast as gathering by index)."""
     if x.ndim != 4:
         raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     height, width = x.shape[-2:]
-    if index is None:
-        index = neighbour_index(height, width, dilations, device=x.device)
-    return x.flatten(2)[..., index].unflatten(-1, (height, width))  # one gather, not 8 shifts per dilation
+    pad, windows = _windows(dilations)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    return torch.stack([padded[..., top : top + height, left : left + width] for top, left in windows], dim=2)
 
 
 def place_weights(dilations: Sequence[int] = DILATIONS, *, device=None) -> Tensor:
@@ -87,9 +81,11 @@ def par_weights(images: Tensor, size: tuple[int, int], dilations: Sequence[int] 
         raise ValueError(f"images must be shaped (B, C, H, W), got {tuple(images.shape)}")
     images = F.interpolate(images.float(), size=tuple(size), mode="bilinear", align_corners=True)
     neighbours = dilated_neighbours(images, dilations)  # (B, C, K, h, w)
-    difference = (neighbours - images.unsqueeze(2)).abs()
     spread = neighbours.std(dim=2, keepdim=True)  # unbiased, over the neighbours (the centre is not one)
-    colour = (-((difference / (spread + _EPSILON) / COLOUR_SCALE) ** 2)).mean(dim=1)  # (B, K, h, w)
+    # In place on the neighbours (the same operations in the same order, so the same bits): each (B, C, K, h, w)
+    # temporary moves K times the image through memory, and these weights are most of PAR's time on a CPU.
+    colour = neighbours.sub_(images.unsqueeze(2)).abs_().div_(spread + _EPSILON).div_(COLOUR_SCALE).pow_(2).neg_()
+    colour = colour.mean(dim=1)  # (B, K, h, w)
     place = place_weights(dilations, device=images.device).view(1, -1, 1, 1)
     return colour.softmax(dim=1) + PLACE_WEIGHT * place
 
@@ -117,13 +113,10 @@ def par_refine(
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     height, width = maps.shape[-2:]
     weights = par_weights(images.to(maps.device), (height, width), dilations).unsqueeze(1)  # (B, 1, K, h, w)
-    # Neighbour k is a shifted window of the maps padded by replication (the same values as clamped indices). One
-    # neighbour at a time, accumulated in place: gathering all K at once (B, C, K, h, w) moves K times the maps
-    # through memory per iteration. Windows of one padded copy per iteration halve the time of gathering each
-    # neighbour (crop-size maps on a CPU) with the same bits; the sum runs in another order than the reference's
-    # (its PAR matched within 1.4e-6 instead of 3.6e-7).
-    pad = max(_check_dilations(dilations))
-    windows = [(pad + dy * d, pad + dx * d) for d in dilations for dy, dx in RING]
+    # One neighbour window at a time, accumulated in place: stacking all K (B, C, K, h, w) moves K times the maps
+    # through memory per iteration. The sum runs in another order than the reference's (its PAR matched within
+    # 1.4e-6 instead of 3.6e-7).
+    pad, windows = _windows(dilations)
     refined = maps.float()
     for _ in range(iterations):
         padded = F.pad(refined, (pad, pad, pad, pad), mode="replicate")

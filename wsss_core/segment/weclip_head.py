@@ -17,9 +17,9 @@ from torch import nn
 
 from wsss_core.models.clip import ClipModel
 from wsss_core.models.clip_visual import VisualRunner, tokens_to_map
-from wsss_core.models.compat import ensure_torchvision
+from wsss_core.models.compat import import_open_clip
 
-ensure_torchvision()  # open_clip imports torchvision
+import_open_clip()  # torchvision made importable on CPU-only machines, transformers left out
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock  # noqa: E402
 
 
