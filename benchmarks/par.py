@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 from torch.nn import functional as F
@@ -83,9 +84,9 @@ def main() -> None:
         images = torch.randn((batch, 3, height, width), generator=generator).to(device)
         maps = torch.rand((batch, 4, height, width), generator=generator).to(device)
         same = torch.equal(baseline_weights(images, (height, width)), par.par_weights(images, (height, width)))
-        base = median_ms(lambda: baseline_weights(images, (height, width)), args.repeats, device)
-        product = median_ms(lambda: par.par_weights(images, (height, width)), args.repeats, device)
-        whole = median_ms(lambda: par.par_refine(images, maps), max(1, args.repeats // 3), device)
+        base = median_ms(partial(baseline_weights, images, (height, width)), args.repeats, device)
+        product = median_ms(partial(par.par_weights, images, (height, width)), args.repeats, device)
+        whole = median_ms(partial(par.par_refine, images, maps), max(1, args.repeats // 3), device)
         print(f"| {name} | {base:.1f} | {product:.1f} | {base / product:.2f} | {whole:.1f} | {same} |")
 
 
