@@ -1,4 +1,4 @@
-"""Make torchvision importable beside a CPU-only torch.
+"""Make torchvision importable beside a CPU-only torch, and open_clip quick to import.
 
 Some package indexes only carry a CUDA build of torchvision. Beside a CPU-only torch its compiled
 extension cannot load (it needs libc10_cuda.so), and `import torchvision` then fails inside its own
@@ -10,6 +10,8 @@ operators torchvision registers fake kernels for (`nms`, `qnms`) with a CPU impl
 in torch, and make `nms` skip its compiled-ops check. Everything else falls back to torchvision's own
 Python paths (roi_align has one); image decoding in torchvision.io does not work, use PIL. Where the
 extension loads normally this function changes nothing.
+
+`import_open_clip()` does the same for open_clip and leaves Hugging Face transformers out of its import.
 """
 
 from __future__ import annotations
