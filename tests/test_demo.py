@@ -17,9 +17,11 @@ from tests.test_stages import Killed, invoke, run_ok, run_to_seed_metrics
 from wsss_core.data.synthetic import SYNTHETIC_CLASSES, render_closeup, render_scene
 from wsss_core.demo import pretrain
 from wsss_core.demo.pretrain import (
+    CaptionVocabularyEmbedding,
     PretrainingSet,
     augment,
     caption,
+    caption_vocabulary,
     draw_batch,
     learning_rate,
     logit_scale,
@@ -98,6 +100,52 @@ def test_augment_applies_a_rotation_or_reflection_per_image():
         dihedral += [rotated, rotated.flip(-1)]
     assert any(torch.equal(views[0], candidate) for candidate in dihedral)
     assert torch.equal(augment(image, np.random.default_rng(0)), views)  # same generator, same views
+
+
+def test_caption_vocabulary_holds_every_caption_token_and_little_else():
+    from wsss_core.models.compat import import_open_clip
+
+    import_open_clip()
+    import open_clip
+
+    tokenizer = open_clip.SimpleTokenizer(context_length=77)
+    vocabulary = caption_vocabulary(tokenizer, SYNTHETIC_CLASSES)
+    rng = np.random.default_rng(3)
+    captions = [
+        caption(tuple(sorted(rng.choice(np.arange(1, 7), k, replace=False))), SYNTHETIC_CLASSES, rng)
+        for k in (1, 2, 3, 6)
+    ]
+    assert torch.isin(tokenizer(captions), vocabulary).all()
+    assert 0 in vocabulary and len(vocabulary) < 30  # padding, start, end, the frame's words and six class names
+
+
+def test_training_only_the_caption_rows_gives_the_bits_of_training_the_whole_embedding():
+    """AdamW (foreach, decoupled decay) on the full matrix vs on the caption rows plus the decay of the others."""
+    torch.manual_seed(0)
+    full = torch.nn.Embedding(500, 8)
+    vocabulary = torch.tensor([0, 3, 17, 256, 499])
+    rows = CaptionVocabularyEmbedding(full, vocabulary)
+    start = full.weight.detach().clone()
+    target = torch.randn(8)
+    optimizers = [
+        torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6) for m in (full, rows)
+    ]
+    for step in range(12):
+        text = vocabulary[torch.randint(len(vocabulary), (4, 6), generator=torch.Generator().manual_seed(step))]
+        lr = 1e-3 * (step + 1) / 12
+        for model, optimizer in zip((full, rows), optimizers, strict=True):
+            optimizer.param_groups[0]["lr"] = lr
+            loss = torch.tanh(model(text) @ target).pow(2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        rows.decay(1 - lr * 0.1)
+    merged = rows.merged().weight
+    assert torch.equal(merged, full.weight)
+    assert (merged[vocabulary] - start[vocabulary]).abs().min() > 1e-4  # the caption rows trained
+    assert not torch.equal(merged[1], start[1]) and torch.allclose(merged[1], start[1], rtol=1e-3)  # others decayed
+    with pytest.raises(ValueError, match=r"caption tokens \[5\] are outside the caption vocabulary"):
+        rows(torch.tensor([[0, 5]]))
 
 
 def test_pretraining_images_are_their_own_draw_and_close_ups_fill_the_frame():

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from wsss_core.data.synthetic import SYNTHETIC_CLASSES, render_closeup, render_scene
 from wsss_core.params import ParamsError
@@ -49,6 +50,7 @@ CLOSEUP_STREAM = 102
 JPEG_QUALITY = 95  # as the dataset's JPEGImages, so pretraining pixels look like the pixels the CAMs see
 MAX_LOGIT_SCALE = 100.0  # open_clip clamps the learned scale here; CLIP-ES scores at exactly this value
 ARTIFACT_FILES = ("model.safetensors", "model_cfg.json", "provenance.json")
+STATE_FORMAT = 2  # the resumable state holds CaptionVocabularyEmbedding's tensors, not the full token embedding
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,56 @@ def augment(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.stack(views)
 
 
+def caption_vocabulary(tokenizer: Any, class_names: tuple[str, ...]) -> torch.Tensor:
+    """The sorted token ids any caption can hold (padding, start and end included): those of every class set."""
+    num_classes = len(class_names) - 1
+    label_sets = [
+        tuple(c for c in range(1, num_classes + 1) if subset >> (c - 1) & 1) for subset in range(1, 2**num_classes)
+    ]
+    rng = np.random.default_rng(0)  # the word order does not change which tokens occur
+    return torch.unique(tokenizer([caption(labels, class_names, rng) for labels in label_sets]))
+
+
+class CaptionVocabularyEmbedding(torch.nn.Module):
+    """The text tower's token embedding, trained only on the rows a caption can look up.
+
+    The demo CLIP keeps CLIP's tokenizer and its 49,408-row embedding, but its captions use a few dozen tokens.
+    AdamW over the whole matrix cost a sixth of each step, and for a row no caption looks up its gradient and
+    moments stay zero, so AdamW only scales it by (1 - lr * weight_decay). Here the caption rows are a parameter of
+    their own, stepped by the same AdamW, and the other rows are scaled by `decay` after each step: the same
+    operations on the same values, so the weights come out bit-identical to training the whole matrix.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding, vocabulary: torch.Tensor) -> None:
+        super().__init__()
+        weight = embedding.weight.detach()
+        vocabulary = vocabulary.to(weight.device)
+        lookup = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
+        lookup[vocabulary] = torch.arange(len(vocabulary), device=weight.device)
+        self.register_buffer("other_rows", weight.clone())  # the caption rows in here are stale until `merged`
+        self.register_buffer("vocabulary", vocabulary)
+        self.register_buffer("lookup", lookup)
+        self.rows = torch.nn.Parameter(weight[vocabulary].clone())
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        rows = self.lookup[text]
+        if bool((rows < 0).any()):
+            unknown = sorted(set(text[rows < 0].tolist()))
+            raise ValueError(f"demo_clip: caption tokens {unknown} are outside the caption vocabulary")
+        return F.embedding(rows, self.rows)
+
+    @torch.no_grad()
+    def decay(self, factor: float) -> None:
+        """AdamW's decoupled weight decay on the rows no caption looks up (their update is zero otherwise)."""
+        self.other_rows.mul_(factor)
+
+    def merged(self) -> torch.nn.Embedding:
+        """The plain embedding: the decayed rows with the trained caption rows written in."""
+        weight = self.other_rows.clone()
+        weight[self.vocabulary] = self.rows.detach()
+        return torch.nn.Embedding.from_pretrained(weight, freeze=False)
+
+
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     """Linear warm-up to `peak` over `warmup` steps, then cosine decay to 0 at `steps` (open_clip's schedule)."""
     if step < warmup:
@@ -180,7 +232,7 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
 
 def _state_path(settings: dict[str, Any], domain: dict[str, Any], scratch_root: Path) -> Path:
     """The resumable training state's file, keyed by everything that determines the training."""
-    key = resume_key(canonical({"settings": settings, "domain": domain}))
+    key = resume_key(canonical({"settings": settings, "domain": domain, "state_format": STATE_FORMAT}))
     return Path(scratch_root) / f"demo_clip-{key}" / "state.pt"
 
 
@@ -231,6 +283,9 @@ def pretrain_demo_clip(
     clip = load_clip("demo-clip", model_cfg=cfg, random_init=True, seed=settings["seed"], device=device)
     model = clip.model.train().requires_grad_(True)
     model.logit_scale.requires_grad_(False)  # follows the temperature schedule instead
+    model.token_embedding = CaptionVocabularyEmbedding(
+        model.token_embedding, caption_vocabulary(clip.tokenizer, SYNTHETIC_CLASSES)
+    )
     optimizer = torch.optim.AdamW(
         _parameter_groups(model, settings["weight_decay"]), lr=settings["lr"], betas=(0.9, 0.98), eps=1e-6
     )
@@ -272,11 +327,13 @@ def pretrain_demo_clip(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        model.token_embedding.decay(1 - lr * settings["weight_decay"])  # AdamW's factor, computed as AdamW does
         curve.append([step, loss.item(), lr, scale])
         if (step + 1) % settings["checkpoint_every"] == 0 and step + 1 < steps:
             _save_state(state_path, model, optimizer, step + 1, curve)
 
     _write_curve(Path(curve_path), curve)
+    model.token_embedding = model.token_embedding.merged()
     weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     provenance = make_provenance(
         "demo_clip",
