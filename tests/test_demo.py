@@ -17,6 +17,7 @@ from tests.test_stages import Killed, invoke, run_ok, run_to_seed_metrics
 from wsss_core.data.synthetic import SYNTHETIC_CLASSES, render_closeup, render_scene
 from wsss_core.demo import pretrain
 from wsss_core.demo.pretrain import (
+    CaptionTokens,
     CaptionVocabularyEmbedding,
     PretrainingSet,
     augment,
@@ -116,6 +117,9 @@ def test_caption_vocabulary_holds_every_caption_token_and_little_else():
         for k in (1, 2, 3, 6)
     ]
     assert torch.isin(tokenizer(captions), vocabulary).all()
+    tokens = CaptionTokens(tokenizer)
+    twice = captions + captions[::-1]
+    assert torch.equal(tokens(twice), tokenizer(twice)) and len(tokens.rows) == len(captions)
     assert 0 in vocabulary and len(vocabulary) < 30  # padding, start, end, the frame's words and six class names
 
 

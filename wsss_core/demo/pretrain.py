@@ -29,6 +29,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ class PretrainingSet:
     images: np.ndarray
     labels: list[tuple[int, ...]]
     closeup: np.ndarray  # (N,) bool: a single-object close-up rather than a scene
+
+    @cached_property
+    def scenes_by_labels(self) -> dict[tuple[int, ...], list[int]]:
+        """The scenes' indices, ascending, per label set (worked out once: batches are drawn thousands of times)."""
+        by_labels: dict[tuple[int, ...], list[int]] = {}
+        for index in np.flatnonzero(~self.closeup):
+            by_labels.setdefault(self.labels[index], []).append(int(index))
+        return by_labels
 
 
 def _jpeg_round_trip(image: np.ndarray) -> np.ndarray:
@@ -108,12 +117,9 @@ def draw_batch(rng: np.random.Generator, data: PretrainingSet, batch_size: int, 
     Once every set is taken (batches larger than the number of sets) scenes repeat sets.
     """
     closeups = np.flatnonzero(data.closeup)
-    scenes = np.flatnonzero(~data.closeup)
-    n_closeups = min(len(closeups), int(round(batch_size * closeup_fraction))) if len(scenes) else batch_size
+    by_labels = data.scenes_by_labels
+    n_closeups = min(len(closeups), int(round(batch_size * closeup_fraction))) if by_labels else batch_size
     chosen = list(rng.choice(closeups, n_closeups, replace=False)) if n_closeups else []
-    by_labels: dict[tuple[int, ...], list[int]] = {}
-    for index in scenes:
-        by_labels.setdefault(data.labels[index], []).append(int(index))
     label_sets = sorted(by_labels)
     for slot in range(batch_size - n_closeups):
         if slot % len(label_sets) == 0:
@@ -130,6 +136,20 @@ def augment(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         image = torch.rot90(image, int(rng.integers(4)), dims=(1, 2))
         views.append(image.flip(-1) if rng.random() < 0.5 else image)
     return torch.stack(views)
+
+
+class CaptionTokens:
+    """The tokenizer's rows for captions, each distinct caption tokenized once (a few hundred recur all along)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        new = [text for text in dict.fromkeys(captions) if text not in self.rows]
+        if new:
+            self.rows.update(zip(new, self.tokenizer(new), strict=True))
+        return torch.stack([self.rows[text] for text in captions])
 
 
 def caption_vocabulary(tokenizer: Any, class_names: tuple[str, ...]) -> torch.Tensor:
@@ -310,12 +330,13 @@ def pretrain_demo_clip(
     std = torch.tensor(clip.std).view(1, 3, 1, 1)
     pixels = torch.from_numpy(data.images).permute(0, 3, 1, 2)  # uint8; normalised per batch, as prepare_image does
     loss_function = open_clip.ClipLoss()
+    tokens = CaptionTokens(clip.tokenizer)
     steps, scale_start = settings["steps"], settings["logit_scale_start"]
     for step in progress(range(start, steps), "demo_clip", total=steps - start, unit="step"):
         rng = np.random.default_rng([settings["seed"], step])
         batch = draw_batch(rng, data, settings["batch_size"], settings["closeup_fraction"])
         images = augment((pixels[batch].float() / 255 - mean) / std, rng).to(clip.device)
-        texts = clip.tokenizer([caption(data.labels[i], SYNTHETIC_CLASSES, rng) for i in batch]).to(clip.device)
+        texts = tokens([caption(data.labels[i], SYNTHETIC_CLASSES, rng) for i in batch]).to(clip.device)
         lr = learning_rate(step, steps, settings["lr"], settings["warmup_steps"])
         scale = logit_scale(step, steps, scale_start, MAX_LOGIT_SCALE)
         for group in optimizer.param_groups:
