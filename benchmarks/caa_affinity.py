@@ -32,6 +32,13 @@ def same_class_share(affinity: np.ndarray, patch_labels: np.ndarray) -> float:
     return float((rows * same).sum(axis=1)[objects].mean())
 
 
+def spatial_blur(height: int, width: int, sigma: float = 1.5) -> np.ndarray:
+    """(h*w, h*w) Gaussian of the distance between cells: an affinity that knows only where a cell is."""
+    rows, cols = np.divmod(np.arange(height * width), width)
+    distance2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
+    return np.exp(-distance2 / (2 * sigma**2))
+
+
 def main() -> None:
     from wsss_core.cam.caa import attention_affinity, trace_affinity
     from wsss_core.cam.clip_es import ClipEsSettings
@@ -88,9 +95,7 @@ def main() -> None:
         affinities[f"CAA features (last {caa_layers})"] = trace_affinity(
             [trace.blocks[index] for index in range(layers - caa_layers, layers)], by_features
         ).numpy()
-        rows, cols = np.divmod(np.arange(height * width), width)
-        distance2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
-        affinities["spatial blur (sigma 1.5 patches)"] = np.exp(-distance2 / (2 * 1.5**2))
+        affinities["spatial blur (sigma 1.5 patches)"] = spatial_blur(height, width)
         affinities["uniform (chance)"] = np.ones((height * width, height * width))
         for name, matrix in affinities.items():
             shares.setdefault(name, []).append(same_class_share(matrix, labels))

@@ -12,7 +12,6 @@ own GT class (`same_class_share`), averaged over the object cells of the first -
     recursive refinement propagates the CAMs along;
   - on each of those grids: a spatial blur (a Gaussian of 1.5 cells), the baseline an affinity must beat, and a
     uniform affinity (chance: the share of the image the class covers);
-  - the demo CLIP's attention of the last `caa_layers` blocks as CAA uses it (benchmarks/caa_affinity.py's path).
 Each cell is labelled by the GT class at its centre; outline pixels (255) match nothing. The "spread" column is the
 mean effective number of cells an object cell's row covers (exp of its entropy), as a share of the grid: near 100 %,
 the affinity is almost uniform and cannot group anything, whatever its share.
@@ -24,8 +23,8 @@ the ACR affinity is checked against the product's own `diffusion_maps`.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/sd_attention_demo.py [--images 20] [--size 320] [--acr-grid 20]
 
-Reads the dataset index artifacts/index/<split>.parquet and, for the CLIP row, params.yaml's `models.clip` and the
-CAA settings of `cams.runs.<run>` (run `dvc repro prepare demo_clip` first; --no-clip skips that row).
+Reads the dataset index artifacts/index/<split>.parquet (run `dvc repro prepare` first). The demo CLIP's own attention
+on the same measure: benchmarks/caa_affinity.py.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import dataclasses
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,14 +43,14 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))  # benchmarks/ is not a package: its siblings are imported as top-level modules
 
-from caa_affinity import same_class_share  # noqa: E402
+from caa_affinity import same_class_share, spatial_blur  # noqa: E402
 from sd_cache import small_pipeline  # noqa: E402
 
 if TYPE_CHECKING:
     from wsss_core.cam.diclip.cams import DiclipSettings
     from wsss_core.models.diffusion import SdHandle
 
-BLUR_SIGMA = 1.5  # cells, as benchmarks/caa_affinity.py
+BLUR_SIGMA = 1.5  # cells, caa_affinity.spatial_blur's default
 
 
 def cell_labels(mask: np.ndarray, cells: int) -> np.ndarray:
@@ -62,13 +60,6 @@ def cell_labels(mask: np.ndarray, cells: int) -> np.ndarray:
     labels = mask[np.ix_(*centres)].reshape(-1).astype(np.int64)
     labels[labels == 255] = -1
     return labels
-
-
-def spatial_blur(cells: int, sigma: float = BLUR_SIGMA) -> np.ndarray:
-    """(cells², cells²) Gaussian of the distance between cells: an affinity that knows only where a cell is."""
-    rows, cols = np.divmod(np.arange(cells * cells), cells)
-    distance2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
-    return np.exp(-distance2 / (2 * sigma**2))
 
 
 def without_empty_rows(affinity: np.ndarray) -> tuple[np.ndarray, int]:
@@ -116,7 +107,7 @@ class Shares:
 
     def add_baselines(self, cells: int, labels: np.ndarray) -> None:
         """Chance and the spatial blur on a grid, for the same images as the rows measured on it."""
-        self.add(f"spatial blur ({BLUR_SIGMA} cells), {cells}x{cells}", spatial_blur(cells), labels)
+        self.add(f"spatial blur ({BLUR_SIGMA} cells), {cells}x{cells}", spatial_blur(cells, cells, BLUR_SIGMA), labels)
         self.add(f"uniform (chance), {cells}x{cells}", np.ones((cells * cells, cells * cells)), labels)
 
     def print(self) -> None:
@@ -178,32 +169,6 @@ def check_against_product(
         raise AssertionError("the ACR affinity differs from wsss_core.cam.diclip.cams.diffusion_maps'")
 
 
-def clip_rows(params_path: str, run: str) -> Callable[[np.ndarray], tuple[int, str, np.ndarray]]:
-    """A function image -> (CLIP grid side, CAA's attention affinity), on the code path of caa_affinity.py."""
-    from wsss_core.cam.caa import attention_affinity
-    from wsss_core.models.clip_visual import VisualRunner, prepare_image
-    from wsss_core.models.loading import clip_from_params
-    from wsss_core.params import load_params
-
-    params = load_params(params_path)
-    cams = params["cams"]["runs"][run]
-    clip = clip_from_params(params["models"]["clip"], "cpu")
-    runner = VisualRunner(clip)
-    layers, caa_layers = runner.num_layers, cams["caa_layers"]
-
-    def affinity(image: np.ndarray) -> tuple[int, str, np.ndarray]:
-        with torch.no_grad():
-            trace = runner.forward(prepare_image(clip, image), capture_layers=range(-layers, 0))
-        height, width = trace.grid
-        if height != width:
-            raise ValueError(f"the CLIP grid {trace.grid} is not square")
-        blocks = torch.stack([trace.blocks[index].attention[0].float() for index in range(layers - caa_layers, layers)])
-        matrix = attention_affinity(blocks, rounds=cams["sinkhorn_rounds"], power=cams["affinity_power"]).numpy()
-        return height, f"demo CLIP CAA attention (last {caa_layers} blocks)", matrix
-
-    return affinity
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20, help="the first N images of the split")
@@ -211,9 +176,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="side SD is fed (default: DiCLIP's input_size, 320)")
     parser.add_argument("--acr-grid", type=int, default=None, help="ACR's grid (default: size // 16, DiCLIP's)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True, help="the demo CLIP's row")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--run", default="caa", help="the cams.runs entry whose CAA settings the CLIP row uses")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -227,7 +189,6 @@ def main() -> None:
     settings = DiclipSettings()
     settings = dataclasses.replace(settings, input_size=args.size or settings.input_size)
     acr_grid = args.acr_grid or settings.input_size // 16  # DiCLIP's CLIP is a ViT-B/16: 320 px -> 20 x 20
-    clip_affinity = clip_rows(args.params, args.run) if args.clip else None
 
     shares = Shares()
     with tempfile.TemporaryDirectory() as scratch:
@@ -241,9 +202,6 @@ def main() -> None:
             rows = sd_rows(handle, sd_image(pixels[0]), settings, acr_grid)
             if number == 0:
                 check_against_product(handle, pixels, settings, acr_grid, rows["ACR (DiCLIP's affinity R)"])
-            if clip_affinity is not None:
-                cells, name, matrix = clip_affinity(image)
-                rows[name] = matrix
             grids: dict[int, np.ndarray] = {}
             for name, matrix in rows.items():
                 cells = grid_side(len(matrix))
