@@ -152,6 +152,36 @@ def test_training_only_the_caption_rows_gives_the_bits_of_training_the_whole_emb
         rows(torch.tensor([[0, 5]]))
 
 
+def test_the_loss_on_captions_cut_at_their_end_token_is_clips_own_on_full_captions():
+    from wsss_core.models.clip import load_clip, open_clip
+
+    clip = load_clip("demo-clip", model_cfg=TINY_DEMO_CLIP_CFG, random_init=True, seed=0, device="cpu")
+    clip.model.train().requires_grad_(True)
+    clip.model.token_embedding = CaptionVocabularyEmbedding(
+        clip.model.token_embedding, caption_vocabulary(clip.tokenizer, SYNTHETIC_CLASSES)
+    )
+    rng = np.random.default_rng(0)
+    label_sets = [(1,), (2, 5), (1, 3, 6), (4,)]
+    texts = CaptionTokens(clip.tokenizer)([caption(labels, SYNTHETIC_CLASSES, rng) for labels in label_sets])
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert int(texts.argmax(dim=-1).max()) + 1 < texts.shape[1] // 2  # most of each caption is padding
+
+    def loss_and_gradients(loss_of) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        clip.model.zero_grad(set_to_none=True)
+        loss = loss_of()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in clip.model.named_parameters() if p.grad is not None}
+
+    loss_function = open_clip.ClipLoss()
+    cut, cut_gradients = loss_and_gradients(lambda: pretrain.contrastive_loss(clip, images, texts, loss_function))
+    full, full_gradients = loss_and_gradients(lambda: loss_function(*clip.model(images, texts)))
+    assert torch.allclose(cut, full, atol=1e-6)
+    assert cut_gradients.keys() == full_gradients.keys() and len(cut_gradients) > 10
+    for name, gradient in full_gradients.items():
+        assert torch.allclose(cut_gradients[name], gradient, rtol=1e-4, atol=1e-5 * gradient.abs().max()), name
+    assert full_gradients["positional_embedding"].abs().sum() > 0
+
+
 def test_pretraining_images_are_their_own_draw_and_close_ups_fill_the_frame():
     scene, mask = render_scene([0, pretrain.SCENE_STREAM, 0], (64, 64), 2, 1, 3)
     again, _ = render_scene([0, pretrain.SCENE_STREAM, 0], (64, 64), 2, 1, 3)
