@@ -7,7 +7,7 @@ and computes its CAMs with and without the patch-affinity refinement:
   reference   WeakTr's settings, scaled to the demo: 60 epochs of batch 16 at 128 px, lr 6e-4 x 16 / 512, timm's
               augmentation (crops of 0.08-1 of the area, RandAugment, random erasing)
   easier      lr 0.03 x 16 / 512, 100 epochs, crops of 0.5-1 of the area, no RandAugment, no random erasing
-For comparison, the all-background baseline is 12.2 and CLIP-ES's raw CAMs on the same CLIP 34.8 (reports/demo.md).
+For comparison, the all-background baseline is 12.2 and CLIP-ES's raw CAMs on the same CLIP 32.5 (reports/demo.md).
 
     .venv/bin/python benchmarks/weaktr_demo.py [--variant reference --variant easier]
 """
