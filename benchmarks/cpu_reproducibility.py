@@ -41,14 +41,32 @@ SETTINGS = [
     ("pinned + numpy without AVX-512", {"NPY_DISABLE_CPU_FEATURES": "AVX512F AVX512_SKX"}, True),
     ("pinned + OpenBLAS Haswell", {"OPENBLAS_CORETYPE": "Haswell"}, True),
     ("pinned + MKL instructions AVX2", {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, True),
+    # MKL's only branch that is the same on CPUs of every vendor (its AVX2 branch is Intel's only): the price of bits
+    # shared with AMD CPUs. pin_cpu() sets MKL_CBWR itself, so this row changes PINNED_CPU_ENV (PIN_OVERRIDES).
+    ("pinned + MKL COMPATIBLE", {}, True),
 ]
+PIN_OVERRIDES = {"pinned + MKL COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"}}
+
+# The stage's own script, run with PINNED_CPU_ENV changed first (pin_cpu reads it when the stage calls it).
+STAGE_WITH_OVERRIDE = """
+import runpy, sys
+from wsss_core import pinned_cpu
+pinned_cpu.PINNED_CPU_ENV.update(dict(item.split("=", 1) for item in sys.argv[1].split(",")))
+sys.argv = ["stages/demo_clip.py", *sys.argv[2:]]
+runpy.run_path("stages/demo_clip.py", run_name="__main__")
+"""
 
 
-def run(params: Path, out: Path, extra: dict[str, str]) -> tuple[str, float]:
+def run(params: Path, out: Path, extra: dict[str, str], pin_override: dict[str, str]) -> tuple[str, float]:
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, **extra}
-    command = [sys.executable, "stages/demo_clip.py", "--params", str(params), "--out-dir", str(out)]
-    command += ["--curve", str(out.with_suffix(".csv")), "--device", "cpu"]
+    arguments = ["--params", str(params), "--out-dir", str(out)]
+    arguments += ["--curve", str(out.with_suffix(".csv")), "--device", "cpu"]
+    if pin_override:
+        override = ",".join(f"{key}={value}" for key, value in pin_override.items())
+        command = [sys.executable, "-c", STAGE_WITH_OVERRIDE, override, *arguments]
+    else:
+        command = [sys.executable, "stages/demo_clip.py", *arguments]
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
     seconds = time.perf_counter() - start
@@ -69,7 +87,8 @@ def main() -> None:
             (tmp / f"params_{pinned}.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         results = {}
         for label, extra, pinned in SETTINGS:
-            runs = [run(tmp / f"params_{pinned}.yaml", tmp / f"out{i}", extra) for i in range(args.repeats)]
+            override = PIN_OVERRIDES.get(label, {})
+            runs = [run(tmp / f"params_{pinned}.yaml", tmp / f"out{i}", extra, override) for i in range(args.repeats)]
             hashes = {digest for digest, _ in runs}
             results[label] = (hashes, statistics.median(seconds for _, seconds in runs))
         native_hash, native_seconds = next(iter(results["native"][0])), results["native"][1]

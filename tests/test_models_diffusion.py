@@ -91,8 +91,14 @@ def test_images_depend_only_on_prompt_and_seed(handle):
 
     assert [image.shape for image in one_by_one] == [(TINY_SIZE, TINY_SIZE, 3)] * 3
     assert all(image.dtype == np.uint8 for image in one_by_one)
+    # Another batch size runs other GEMM shapes, whose last bits may differ on some CPUs (an Intel Xeon with AVX-512:
+    # one pixel in 3,072 by one level): the same image up to that rounding.
     for single, batched in zip(one_by_one, in_pairs, strict=True):
-        np.testing.assert_array_equal(single, batched)
+        difference = np.abs(single.astype(int) - batched.astype(int))
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+    # Within one batch shape, an image does not depend on the other images of its batch: exactly the same.
+    neighbour = generate_images(handle, [prompts[0], "a photo of a bird"], [seeds[0], 9], batch_size=2, **settings)
+    np.testing.assert_array_equal(neighbour[0], in_pairs[0])
     # Same prompt, other seed: another image. Same seed again: the same image.
     assert not np.array_equal(one_by_one[0], one_by_one[2])
     np.testing.assert_array_equal(generate_images(handle, prompts[:1], seeds[:1], **settings)[0], one_by_one[0])

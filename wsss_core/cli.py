@@ -147,13 +147,18 @@ def demo_spread(
     seeds: list[int] = typer.Option([0, 1, 2], "--seed", help="demo.clip.seed values, one full dvc repro each"),
     jobs: int = typer.Option(1, min=1, help="runs at a time"),
     out_dir: Path = typer.Option(Path("reports"), help="where demo_spread.md and demo_spread.json are written"),
+    replace: bool = typer.Option(False, help="drop the runs already in demo_spread.json (after a change of bits)"),
 ) -> None:
-    """Run the demo pipeline once per pretraining seed (each in a git worktree of HEAD, with this params.yaml) and
-    write how far every evaluated mIoU moves: the noise a difference between two demo rows must exceed."""
+    """Run the demo pipeline once per pretraining seed (each in a git worktree of HEAD, with this params.yaml), add
+    the runs to demo_spread.json under this machine's CPU, and write how far every evaluated mIoU moves across seeds
+    and machines: the noise a difference between two demo rows must exceed."""
     from wsss_core.demo.spread import measure_spread, spread_markdown
 
-    figures = measure_spread(Path.cwd(), sorted(set(seeds)), out_dir, jobs)
-    print(spread_markdown(figures))
+    try:
+        runs = measure_spread(Path.cwd(), sorted(set(seeds)), out_dir, jobs, replace=replace)
+    except ValueError as error:
+        _fail(str(error))
+    print(spread_markdown(runs))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
-"""Pin the CPU's floating-point code paths, so that a CPU run's bits do not depend on the machine.
+"""Pin the CPU's floating-point code paths, so that a CPU run's bits do not depend on the host's ISA or core count.
 
 A CPU run's float results depend on which kernels the libraries pick for the host: ATen's vectorised kernels
 (AVX-512 or AVX2), MKL's GEMM code path, oneDNN's JIT ISA, and the number of threads a reduction is split over.
 Each one changes the last bits of a training step (benchmarks/cpu_reproducibility.py measures them one by one), and
 the demo's 3,000 pretraining steps, or its 300 retraining steps, amplify that into points of mIoU between two
-machines. Pinned, every x86-64 CPU with AVX2 (Intel since 2013, AMD since 2015) runs the same instructions in the
-same order. GPU work is untouched.
+machines. Pinned, the host's ISA and core count no longer choose the code paths (the benchmark's pinned rows keep
+one hash whatever else of the host they vary).
+
+Not across vendors. MKL's AVX2 branch is reproducible across Intel CPUs only; on any other CPU MKL ignores it and
+takes its AUTO branch (MKL's documentation: only AUTO and COMPATIBLE exist on non-Intel processors). Measured, an
+Intel Xeon and an AMD EPYC, both pinned, pretrain losses that first differ at step 14 (in the 6th decimal), and the
+demo's figures end up as far apart as two pretraining seeds (reports/demo_spread.md, across machines). COMPATIBLE,
+MKL's one branch that is the same on every vendor's CPU (SSE2), adds about 50 ms to each pretraining step of about
+75 (the benchmark's "pinned + MKL COMPATIBLE" row: 60 steps in 10.8 against 8.0 s, process start included), some
+2.5 minutes over the demo's 3,000 steps, so the demo stays on AVX2 and reports its spread across machines instead.
 
 `run_stage` calls `pin_cpu()` for the stages whose params ask for it (demo.clip, retrain and cam_nets: pinned_cpu),
 before torch is imported: the libraries read these variables once, when they load.

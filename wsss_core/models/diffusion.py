@@ -175,8 +175,10 @@ def generate_images(
     """Generate one image per (prompt, seed) pair as uint8 HxWx3 arrays, in input order.
 
     Each image has its own generator seeded with its seed, created on the CPU so the initial noise is the
-    same on every device; image i therefore depends only on (prompts[i], seeds[i]), not on the batching.
-    Defaults are DiCLIP's TSA settings (45 steps, guidance 10).
+    same on every device; image i therefore depends only on (prompts[i], seeds[i]), not on the other images of its
+    batch. Another batch size runs other GEMM shapes, which on some CPUs round a pixel differently (by one level), so
+    callers that must give the same bytes after a resume keep the batch size fixed (the sd_cache stage: one image
+    per call). Defaults are DiCLIP's TSA settings (45 steps, guidance 10).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"generate_images: {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")

@@ -62,12 +62,12 @@ CRF_KERNELS: Schema = {
     "bilateral_compat": Spec(float, 4.0, "bilateral kernel weight", min=0.0),
 }
 
-# CPU runs that must give the same bits on every machine (the demo's training stages) pin the float code paths.
+# CPU runs that must give the same bits on other machines (the demo's training stages) pin the float code paths.
 PINNED_CPU = Spec(
     bool,
     False,
     "pin the CPU's float code paths (wsss_core/pinned_cpu.py: AVX2 kernels, 2 threads) so that CPU runs give the same "
-    "bits on every x86-64 machine",
+    "bits on every Intel CPU with AVX2 (not across vendors: MKL's AVX2 branch is Intel's only)",
 )
 
 SEED_VARIANT: Schema = {
