@@ -5,7 +5,7 @@ A CPU run's float results depend on which kernels the libraries pick for the hos
 Each one changes the last bits of a training step (benchmarks/cpu_reproducibility.py measures them one by one), and
 the demo's 3,000 pretraining steps, or its 300 retraining steps, amplify that into points of mIoU between two
 machines. Pinned, the host's ISA and core count no longer choose the code paths (the benchmark's pinned rows keep
-one hash whatever else of the host they vary).
+one hash whatever else of the host they vary). GPU work is untouched.
 
 Not across vendors. MKL's AVX2 branch is reproducible across Intel CPUs only; on any other CPU MKL ignores it and
 takes its AUTO branch (MKL's documentation: only AUTO and COMPATIBLE exist on non-Intel processors). Measured, an

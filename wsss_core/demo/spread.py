@@ -26,8 +26,6 @@ import yaml
 
 from wsss_core.store.atomic import atomic_file
 
-SPREAD_FILES = ("demo_spread.md", "demo_spread.json")
-
 
 def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """This machine's CPU as "<model name> (<vendor>, <n> CPUs)": pinned training gives the same bits only where
@@ -74,12 +72,17 @@ def run_with_seed(repo: Path, seed: int, work: Path) -> dict[str, float]:
         subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
 
 
+def _machines(runs: list[dict[str, Any]]) -> list[str]:
+    """The machines of `runs`, in the order they first appear."""
+    return list(dict.fromkeys(run["machine"] for run in runs))
+
+
 def merge_runs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`old` and `new`, a run of `new` replacing the old run of its machine and seed; machines in the order they
     first ran, each one's seeds ascending."""
     fresh = {(run["machine"], run["seed"]): run for run in new}
     runs = [run for run in old if (run["machine"], run["seed"]) not in fresh] + new
-    machines = list(dict.fromkeys(run["machine"] for run in old + new))
+    machines = _machines(old + new)
     return sorted(runs, key=lambda run: (machines.index(run["machine"]), run["seed"]))
 
 
@@ -93,7 +96,7 @@ def spread_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per artifact evaluated in every run: its figure per run, in the runs' order, and its spread across
     seeds (on one machine) and across machines (for one seed), each the largest found; None where not measured."""
     names = [name for name in runs[0]["miou"] if all(name in run["miou"] for run in runs)]
-    machines = list(dict.fromkeys(run["machine"] for run in runs))
+    machines = _machines(runs)
     seeds = sorted({run["seed"] for run in runs})
     rows = []
     for name in sorted(names):
@@ -115,7 +118,7 @@ def _percent(value: float | None) -> str:
 
 
 def spread_markdown(runs: list[dict[str, Any]]) -> str:
-    machines = list(dict.fromkeys(run["machine"] for run in runs))
+    machines = _machines(runs)
     letter = {machine: chr(ord("A") + i) for i, machine in enumerate(machines)}
     lines = [
         "# The demo's spread across pretraining seeds and machines",
@@ -157,13 +160,14 @@ def measure_spread(
     """Run the pipeline once per seed (`jobs` at a time) on this machine, add the runs to `out_dir/demo_spread.json`
     (or replace its runs, `replace`), write `out_dir/demo_spread.md` from all of them and return them."""
     old = [] if replace else read_runs(out_dir / "demo_spread.json")
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    git = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    commit = git.stdout.strip()
     machine = describe_machine()
     # Outside the repository: DVC would read a worktree's dvc.yaml files as stages of this one.
     with tempfile.TemporaryDirectory(prefix="wsss_demo_spread_") as work, ThreadPoolExecutor(max_workers=jobs) as pool:
         figures = list(pool.map(lambda seed: run_with_seed(repo, seed, Path(work)), seeds))
     new = [
-        {"machine": machine, "commit": commit.stdout.strip(), "seed": seed, "miou": miou}
+        {"machine": machine, "commit": commit, "seed": seed, "miou": miou}
         for seed, miou in zip(seeds, figures, strict=True)
     ]
     runs = merge_runs(old, new)
